@@ -1,0 +1,1 @@
+"""Ingest: MQTT subscription -> validated batches -> the store; ack after commit; dead letters."""

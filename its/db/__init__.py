@@ -1,0 +1,1 @@
+"""Storage: one schema for SQLite, PostgreSQL and TimescaleDB, with backend detection."""

@@ -1,0 +1,117 @@
+"""The one schema every backend shares (SQLAlchemy Core tables).
+
+Names are part of the product: analysts and tools such as Grafana query ``stations``, ``readings``
+and ``dead_letters`` directly, so they are documented in ``docs/storage.md`` and change only through
+an alembic migration. Constraint names follow alembic's naming convention so ``alembic check`` and
+migrations agree on every backend.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+from its.db.types import UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+corridors = Table(
+    "corridors",
+    metadata,
+    Column("corridor_id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("segment_id", String(64), primary_key=True),
+    Column("corridor_id", ForeignKey("corridors.corridor_id"), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("road_class", String(32), nullable=False),
+    Column("lanes", SmallInteger, nullable=False),
+    Column("free_flow_kph", Float, nullable=False),
+    Column("capacity_vph_lane", Float, nullable=False),
+    Column("length_m", Float, nullable=False),
+    Column("geometry", JSON, nullable=False, comment="GeoJSON LineString coordinates, WGS84"),
+)
+
+stations = Table(
+    "stations",
+    metadata,
+    Column("station_id", String(64), primary_key=True),
+    Column("segment_id", ForeignKey("segments.segment_id"), nullable=False, index=True),
+    Column("lanes", SmallInteger, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("position_m", Float, nullable=False, server_default="0"),
+    Column("detector", String(32), nullable=False, server_default="dual-loop"),
+    Column("vehicle_length_m", Float, nullable=False, server_default="6.7"),
+)
+
+readings = Table(
+    "readings",
+    metadata,
+    Column("station_id", String(64), nullable=False),
+    Column("lane", SmallInteger, nullable=False),
+    Column("interval_start", UTCDateTime, nullable=False),
+    Column("period_s", SmallInteger, nullable=False),
+    Column("count", Integer, nullable=True),
+    Column("occupancy", Float, nullable=True),
+    Column("speed_kph", Float, nullable=True),
+    Column("status", String(16), nullable=False, server_default="ok"),
+    Column("received_at", UTCDateTime, nullable=False),
+    # The reading key: a duplicate is ignored, a late one accepted. It leads with the station so
+    # one station's history is one index range; the time index below serves network-wide windows.
+    PrimaryKeyConstraint("station_id", "lane", "interval_start", name="pk_readings"),
+    Index("ix_readings_interval_start", "interval_start"),
+    comment="One row per station, lane and interval; a TimescaleDB hypertable where available.",
+)
+
+station_status = Table(
+    "station_status",
+    metadata,
+    Column("station_id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False, comment="online | offline (MQTT Last Will)"),
+    Column("state_at", UTCDateTime, nullable=True, comment="time the station stamped"),
+    Column("updated_at", UTCDateTime, nullable=False, comment="time the server received it"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime, nullable=False, index=True),
+    Column("topic", String(512), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column(
+        "payload_encoding",
+        String(16),
+        nullable=False,
+        server_default="utf-8",
+        comment="utf-8, or base64 where the payload was not valid UTF-8",
+    ),
+    Column("reason", Text, nullable=False),
+)

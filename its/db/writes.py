@@ -1,0 +1,109 @@
+"""Idempotent writes: readings keyed by (station, lane, interval_start), dead letters, station state.
+
+A duplicate reading is ignored (``ON CONFLICT DO NOTHING`` / ``INSERT OR IGNORE``); a late or
+out-of-order one is accepted. Callers commit; ingest acknowledges MQTT messages only after that.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from its.contract import Observation
+from its.db import schema
+
+
+def reading_rows(obs: Observation, received_at: datetime) -> list[dict[str, Any]]:
+    """The ``readings`` rows of one observation, one per lane."""
+    return [
+        {
+            "station_id": obs.station_id,
+            "lane": lane.lane,
+            "interval_start": obs.interval_start,
+            "period_s": obs.period_s,
+            "count": lane.count,
+            "occupancy": lane.occupancy,
+            "speed_kph": lane.speed_kph,
+            "status": obs.status,
+            "received_at": received_at,
+        }
+        for lane in obs.lanes
+    ]
+
+
+def _insert_ignore(conn: Connection, table: Any) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(conn.dialect.name)
+
+
+def insert_readings(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert reading rows, ignoring duplicates of the reading key; returns rows inserted."""
+    if not rows:
+        return 0
+    # Duplicates inside one batch would make PostgreSQL's multi-row insert raise; keep the first.
+    unique: dict[tuple[str, int, datetime], dict[str, Any]] = {}
+    for r in rows:
+        unique.setdefault((r["station_id"], r["lane"], r["interval_start"]), r)
+    result = conn.execute(_insert_ignore(conn, schema.readings), list(unique.values()))
+    return max(result.rowcount, 0)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that could not be used, kept whole with the reason."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    received_at: datetime
+
+    def row(self) -> dict[str, Any]:
+        try:
+            text, encoding = self.payload.decode("utf-8"), "utf-8"
+            if "\x00" in text:  # PostgreSQL text cannot hold NUL
+                raise UnicodeDecodeError("utf-8", self.payload, 0, 1, "NUL byte")
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
+        return {
+            "topic": self.topic[:512],
+            "payload": text,
+            "payload_encoding": encoding,
+            "reason": self.reason,
+            "received_at": self.received_at,
+        }
+
+
+def insert_dead_letters(conn: Connection, letters: Iterable[DeadLetter]) -> int:
+    rows = [d.row() for d in letters]
+    if rows:
+        conn.execute(insert(schema.dead_letters), rows)
+    return len(rows)
+
+
+def upsert_station_status(
+    conn: Connection, station_id: str, state: str, state_at: datetime | None, updated_at: datetime
+) -> None:
+    """Record a station's online/offline state (the latest message wins)."""
+    values = {
+        "station_id": station_id,
+        "state": state,
+        "state_at": state_at,
+        "updated_at": updated_at,
+    }
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(schema.station_status).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["station_id"],
+        set_={"state": state, "state_at": state_at, "updated_at": updated_at},
+    )
+    conn.execute(stmt)

@@ -1,0 +1,45 @@
+"""The platform's exceptions, one small tree so callers can catch at the level they need.
+
+ITSError
+├── ConfigError          settings or files that cannot be used
+├── NetworkError         a road network file that is malformed or inconsistent
+├── ContractError        a message that breaks the MQTT wire contract (goes to dead letters)
+│   ├── TopicError       a topic outside the contract
+│   └── PayloadError     bad JSON, wrong types, out-of-range or inconsistent values
+├── StorageError         the store cannot be reached or migrated
+└── NotFoundError        a station, segment or alert that does not exist
+"""
+
+from __future__ import annotations
+
+
+class ITSError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+
+class ConfigError(ITSError):
+    """Settings or files that cannot be used."""
+
+
+class NetworkError(ITSError):
+    """A road network file that is malformed or inconsistent."""
+
+
+class ContractError(ITSError):
+    """A message that breaks the MQTT wire contract; its text is the dead-letter reason."""
+
+
+class TopicError(ContractError):
+    """A topic that is not part of the contract."""
+
+
+class PayloadError(ContractError):
+    """A payload with bad JSON, wrong types, out-of-range or inconsistent values."""
+
+
+class StorageError(ITSError):
+    """The store cannot be reached, detected or migrated."""
+
+
+class NotFoundError(ITSError):
+    """A station, segment or alert that does not exist."""
