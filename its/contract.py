@@ -133,7 +133,8 @@ def _utc(value: datetime) -> datetime:
 class LaneReading(BaseModel):
     """One lane's measurements over the interval; ``None`` means not measured, never 0."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "12" or true is a wrong type on the wire, not a number to guess at
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     lane: Annotated[int, Field(ge=1, le=16)]
     count: Annotated[int | None, Field(ge=0, le=10_000)] = None
@@ -149,7 +150,7 @@ class Observation(BaseModel):
     v: Literal[1]
     station_id: Annotated[str, Field(pattern=_ID_RE.pattern)]
     interval_start: datetime
-    period_s: Annotated[int, Field(ge=1, le=3600)]
+    period_s: Annotated[int, Field(ge=1, le=3600, strict=True)]
     lanes: Annotated[list[LaneReading], Field(min_length=1, max_length=16)]
     status: Literal["ok", "degraded", "fault"] = "ok"
 
