@@ -23,10 +23,13 @@ def timescale_available(conn: Connection) -> bool:
     packaged = conn.execute(
         text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
     ).first()
-    preload = conn.execute(
-        text("SELECT current_setting('shared_preload_libraries', true)")
-    ).scalar()
-    return bool(packaged) and "timescaledb" in (preload or "")
+    if not packaged:
+        return False
+    # Preloaded means TimescaleDB's loader runs in every backend, and it defines this setting.
+    # (shared_preload_libraries itself is readable only by superusers and pg_read_all_settings,
+    # so reading it would fail the migration for an ordinary application role.)
+    loader = conn.execute(text("SELECT current_setting('timescaledb.disable_load', true)")).scalar()
+    return loader == "off"
 
 
 def make_readings_hypertable(conn: Connection) -> bool:
