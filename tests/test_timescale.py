@@ -332,12 +332,6 @@ def test_duplicates_into_compressed_chunks_are_ignored(ts_engine: Engine) -> Non
     assert total == sum(r["count"] for r in FIRST) + 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="its/db/writes.py: SQLAlchemy 2.1 reports rowcount -1 for an INSERT unless the "
-    "statement sets execution_options(preserve_rowcount=True), so insert_readings returns 0 on "
-    "PostgreSQL and TimescaleDB alike; remove this mark once it is fixed there",
-)
 def test_insert_readings_reports_rows_inserted(ts_engine: Engine, pg_engine: Engine) -> None:
     for engine in (ts_engine, pg_engine):
         with engine.begin() as conn:

@@ -54,7 +54,8 @@ def insert_readings(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     unique: dict[tuple[str, int, datetime], dict[str, Any]] = {}
     for r in rows:
         unique.setdefault((r["station_id"], r["lane"], r["interval_start"]), r)
-    result = conn.execute(_insert_ignore(conn, schema.readings), list(unique.values()))
+    stmt = _insert_ignore(conn, schema.readings).execution_options(preserve_rowcount=True)
+    result = conn.execute(stmt, list(unique.values()))
     return max(result.rowcount, 0)
 
 
