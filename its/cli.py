@@ -118,3 +118,38 @@ def db_load_network(
     with engine.begin() as conn:
         n = migrate.load_network(conn, net, replace=True)
     typer.echo(f"loaded {len(net.segments)} segments and {n} stations from {path}")
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@app.command("ingest")
+def ingest_cmd(
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ITS_INGEST_CLIENT_ID",
+            help="MQTT client id; stable across restarts so the persistent session resumes.",
+        ),
+    ] = None,
+) -> None:
+    """Subscribe to sensor observations and store them (batched, idempotent, ack after commit).
+
+    Invalid messages go to the dead_letters table with their reason. Ctrl-C or SIGTERM flushes the
+    pending batch and exits cleanly.
+    """
+    from ingest.service import run_ingest
+    from its.db import migrate
+    from its.network import load_network
+
+    _setup_logging()
+    settings = _settings()
+    endpoint = _require_broker(settings)
+    engine = _engine(settings)
+    migrate.upgrade_and_seed(engine, load_network(settings.network_file))
+    stop = _stop_on_signals()
+    stats = run_ingest(settings, endpoint, stop, engine=engine, client_id=client_id)
+    typer.echo(
+        f"ingest stopped: {stats.messages} messages, {stats.readings_inserted} readings stored, "
+        f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters"
+    )
