@@ -153,3 +153,7 @@ def ingest_cmd(
         f"ingest stopped: {stats.messages} messages, {stats.readings_inserted} readings stored, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters"
     )
+
+
+if __name__ == "__main__":
+    app()
