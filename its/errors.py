@@ -7,7 +7,9 @@ ITSError
 │   ├── TopicError       a topic outside the contract
 │   └── PayloadError     bad JSON, wrong types, out-of-range or inconsistent values
 ├── StorageError         the store cannot be reached or migrated
-└── NotFoundError        a station, segment or alert that does not exist
+├── NotFoundError        a station, segment or alert that does not exist
+├── ConflictError        an action the current state forbids (acknowledging twice)
+└── QueryError           a query that asks for too much or makes no sense (too many points)
 """
 
 from __future__ import annotations
@@ -43,3 +45,11 @@ class StorageError(ITSError):
 
 class NotFoundError(ITSError):
     """A station, segment or alert that does not exist."""
+
+
+class ConflictError(ITSError):
+    """An action the current state forbids, such as acknowledging an acknowledged alert."""
+
+
+class QueryError(ITSError):
+    """A query that asks for too much (too many points) or makes no sense (end before start)."""

@@ -1,0 +1,217 @@
+"""What the network is doing now: the live map, station health and the KPI cards.
+
+"Now" is the data clock (:func:`its.service.traffic.data_clock`), not the wall clock, so the views
+stay meaningful while the simulator replays history quickly or a feed lags. A segment's live value
+is its traffic over the last five minutes of data; older than ``stale_after_s`` it is marked stale,
+and a segment with no data is "no-data", never free-flowing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from its import metrics
+from its.errors import NotFoundError
+from its.network import Network, Segment
+from its.service import traffic
+from its.service.traffic import iso
+
+LIVE_WINDOW = timedelta(minutes=5)
+HEALTH_LOOKBACK = timedelta(hours=1)
+OFFLINE_PERIODS = 3
+CONGESTED_BANDS = ("congested", "jammed")
+HEALTH_STATES = ("ok", "offline", "no-data")
+
+
+def _clock(conn: Connection, now: datetime | None) -> datetime | None:
+    return now if now is not None else traffic.data_clock(conn)
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def segment_properties(
+    seg: Segment,
+    live: traffic.Interval | None,
+    observed_at: datetime | None,
+    stale: bool,
+    preset: str,
+) -> dict[str, Any]:
+    """The live properties of one segment, as the API and the map show them."""
+    speed = live.speed_kph if live else None
+    band = metrics.classify_band(speed, seg.free_flow_kph, preset)
+    return {
+        "segment_id": seg.segment_id,
+        "corridor_id": seg.corridor_id,
+        "name": seg.name,
+        "direction": seg.direction,
+        "road_class": seg.road_class,
+        "length_km": round(seg.length_km, 3),
+        "free_flow_kph": seg.free_flow_kph,
+        "speed_kph": _round(speed),
+        "flow_vph": _round(live.flow_vph if live else None),
+        "occupancy": _round(live.occupancy if live else None, 4),
+        "pct_observed": _round(live.pct_observed if live else None),
+        "band": band,
+        "tti": _round(metrics.tti(speed, seg.free_flow_kph), 2),
+        "observed_at": iso(observed_at),
+        "stale": stale,
+    }
+
+
+def _segment_observed(network: Network, last_seen: dict[str, datetime]) -> dict[str, datetime]:
+    out: dict[str, datetime] = {}
+    for st in network.stations:
+        seen = last_seen.get(st.station_id)
+        if seen is not None and (st.segment_id not in out or seen > out[st.segment_id]):
+            out[st.segment_id] = seen
+    return out
+
+
+def network_state(
+    conn: Connection,
+    network: Network,
+    *,
+    now: datetime | None = None,
+    stale_after_s: int = 180,
+    preset: str = "ratio",
+) -> dict[str, Any]:
+    """GeoJSON FeatureCollection of the segments with their live state in ``properties``."""
+    clock = _clock(conn, now)
+    live: dict[str, traffic.Interval] = {}
+    observed: dict[str, datetime] = {}
+    if clock is not None:
+        live = traffic.window(conn, network, "segment", clock - LIVE_WINDOW, clock)
+        seen = traffic.station_last_seen(conn, since=clock - HEALTH_LOOKBACK, until=clock)
+        observed = _segment_observed(network, seen)
+    stale_before = clock - timedelta(seconds=stale_after_s) if clock else None
+    features = []
+    for seg in network.segments:
+        at = observed.get(seg.segment_id)
+        stale = at is None or (stale_before is not None and at < stale_before)
+        props = segment_properties(seg, live.get(seg.segment_id), at, stale, preset)
+        features.append(
+            {
+                "type": "Feature",
+                "id": seg.segment_id,
+                "geometry": {"type": "LineString", "coordinates": [list(c) for c in seg.coords]},
+                "properties": props,
+            }
+        )
+    return {"type": "FeatureCollection", "data_time": iso(clock), "features": features}
+
+
+def station_health(
+    conn: Connection,
+    network: Network,
+    *,
+    now: datetime | None = None,
+    stale_after_s: int = 180,
+) -> list[dict[str, Any]]:
+    """Each station's health: ok, offline (Last Will or silent for 3 periods) or no-data.
+
+    ``stale_after_s`` is accepted for symmetry with the other live views; a station's own health
+    uses its period, as the offline alert does."""
+    clock = _clock(conn, now)
+    seen = (
+        traffic.station_last_seen(conn, since=clock - HEALTH_LOOKBACK, until=clock) if clock else {}
+    )
+    states = traffic.station_states(conn)
+    out = []
+    for st in network.stations:
+        last = seen.get(st.station_id)
+        state = states.get(st.station_id, ("unknown", None))[0]
+        out.append(
+            {
+                "station_id": st.station_id,
+                "segment_id": st.segment_id,
+                "lon": st.lon,
+                "lat": st.lat,
+                "detector": st.detector,
+                "health": _health(last, state, clock),
+                "last_seen": iso(last),
+            }
+        )
+    return out
+
+
+def _health(last: datetime | None, state: str, clock: datetime | None) -> str:
+    """Offline: the station's Last Will said so, or it has been silent for 3 periods of data time
+    (the same test as the station-offline alert). No data in the last hour is "no-data"."""
+    if state == "offline":
+        return "offline"
+    if last is None or clock is None:
+        return "no-data"
+    if (clock - last).total_seconds() > OFFLINE_PERIODS * traffic.DEFAULT_PERIOD_S:
+        return "offline"
+    return "ok"
+
+
+def kpis_from(
+    features: list[dict[str, Any]], health: list[dict[str, Any]], data_time: str | None
+) -> dict[str, Any]:
+    """The KPI cards from the live map and station health (so one refresh runs each query once).
+
+    Network mean speed is total VKT over total VHT, which is the flow- and length-weighted
+    harmonic mean of segment speeds.
+    """
+    vkt = vht = flow = congested_km = 0.0
+    for f in features:
+        p = f["properties"]
+        if p["stale"] or p["speed_kph"] is None or not p["flow_vph"]:
+            continue
+        vkt += p["flow_vph"] * p["length_km"]
+        vht += p["flow_vph"] * p["length_km"] / p["speed_kph"]
+        flow += p["flow_vph"]
+        if p["band"] in CONGESTED_BANDS:
+            congested_km += p["length_km"]
+    counts = dict.fromkeys(HEALTH_STATES, 0)
+    for h in health:
+        counts[h["health"]] += 1
+    return {
+        "data_time": data_time,
+        "mean_speed_kph": round(vkt / vht, 1) if vht else None,
+        "total_flow_vph": round(flow) if vkt else None,
+        "congested_km": round(congested_km, 2),
+        "stations_total": len(health),
+        "stations_reporting": counts["ok"],
+        "stations_offline": counts["offline"],
+        "stations_no_data": counts["no-data"],
+    }
+
+
+def kpis(
+    conn: Connection,
+    network: Network,
+    *,
+    now: datetime | None = None,
+    stale_after_s: int = 180,
+) -> dict[str, Any]:
+    """Network mean speed, total flow, congested km and station counts."""
+    clock = _clock(conn, now)
+    state = network_state(conn, network, now=clock, stale_after_s=stale_after_s)
+    health = station_health(conn, network, now=clock, stale_after_s=stale_after_s)
+    return kpis_from(state["features"], health, state["data_time"])
+
+
+def segment_series(
+    conn: Connection,
+    network: Network,
+    segment_id: str,
+    start: datetime,
+    end: datetime,
+    bucket_s: int = 300,
+) -> list[dict[str, Any]]:
+    """One segment's speed, flow, occupancy and % observed per bucket over [start, end)."""
+    try:
+        network.segment(segment_id)
+    except KeyError:
+        raise NotFoundError(f"no segment {segment_id!r}") from None
+    rows = traffic.aggregate(
+        conn, network, "segment", start, end, bucket_s, target_ids=[segment_id]
+    )
+    return [{k: v for k, v in r.to_dict().items() if k != "id"} for r in rows]
