@@ -1,0 +1,65 @@
+"""The API's app factory: ``create_app(settings)`` builds a FastAPI app with ``/api/v1``,
+OpenAPI at ``/docs`` and ``/healthz``. The web process (``its web``) adds the Dash dashboard at
+``/`` to the same app.
+
+Nothing connects or reads the environment at import time; the engine and the road network are
+made here (or passed in by tests and ``its up``) and kept on ``app.state``.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+
+from its.api.health import router as health_router
+from its.api.routes import api_router
+from its.config import Settings, get_settings
+from its.errors import ConflictError, NotFoundError, QueryError
+from its.network import Network
+
+DESCRIPTION = """
+Traffic aggregates for analysts: live segment state as GeoJSON, detector stations and their time
+series, flow / speed / occupancy aggregates per station, segment or corridor, and alerts.
+
+Definitions (PeMS conventions, metric units): flow in vehicles per hour; speed the flow-weighted
+harmonic mean of lane speeds, single loops estimated from occupancy with a 6.7 m effective vehicle
+length; occupancy a fraction 0..1; `pct_observed` the share of expected lane intervals that
+arrived. Times are UTC (ISO 8601); a time without a zone is read as UTC.
+"""
+
+_STATUS = {NotFoundError: 404, ConflictError: 409, QueryError: 400}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    network: Network | None = None,
+) -> FastAPI:
+    """The API app; pass ``engine``/``network`` to share them (``its up``, tests)."""
+    from its.db.engine import make_engine
+    from its.network import load_network
+
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="ITS monitoring API",
+        version="1.0",
+        description=DESCRIPTION,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or make_engine(settings.resolved_database_url)
+    app.state.network = network or load_network(settings.network_file)
+
+    for exc_type, status in _STATUS.items():
+        app.add_exception_handler(exc_type, _handler(status))
+    app.include_router(health_router)
+    app.include_router(api_router)
+    return app
+
+
+def _handler(status: int):  # noqa: ANN202 - a Starlette exception handler
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handle

@@ -1,0 +1,41 @@
+"""``GET /api/v1/alerts`` and ``POST /api/v1/alerts/{id}/ack``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from its.alerts import store
+from its.api.deps import ConnDep, TxDep
+from its.api.schemas import AckRequest, AlertOut, ErrorOut
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+
+@router.get("", response_model=list[AlertOut], summary="Alerts, newest first")
+def list_alerts(
+    conn: ConnDep,
+    state: Literal["active", "cleared", "unacknowledged", "all"] = "active",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict]:
+    return [a.to_dict() for a in store.list_alerts(conn, state=state, limit=limit)]
+
+
+@router.get("/{alert_id}", response_model=AlertOut, responses={404: {"model": ErrorOut}})
+def get_alert(conn: ConnDep, alert_id: int) -> dict:
+    return store.get_alert(conn, alert_id).to_dict()
+
+
+@router.post(
+    "/{alert_id}/ack",
+    response_model=AlertOut,
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    summary="Acknowledge an alert (who, when, comment)",
+)
+def acknowledge(tx: TxDep, alert_id: int, body: AckRequest) -> dict:
+    """Records the operator, the time and the comment, and an entry in the alert's history.
+    Acknowledging an acknowledged alert is a 409 naming who did it first."""
+    return store.acknowledge(
+        tx, alert_id, operator=body.operator.strip(), comment=body.comment
+    ).to_dict()

@@ -1,0 +1,19 @@
+"""``GET /api/v1/network``: the segments as GeoJSON with their live state."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from its.api.deps import ConnDep, NetworkDep, SettingsDep
+from its.api.schemas import NetworkState
+from its.service import live
+
+router = APIRouter(prefix="/network", tags=["network"])
+
+
+@router.get("", response_model=NetworkState, summary="Live state of every segment (GeoJSON)")
+def get_network(conn: ConnDep, network: NetworkDep, settings: SettingsDep) -> dict:
+    """Each segment's speed, flow, occupancy, congestion band and TTI over the last five minutes
+    of data. ``stale`` marks a segment whose newest data is older than ``ITS_STALE_AFTER_S``;
+    a segment without data has band ``no-data``, never ``free``."""
+    return live.network_state(conn, network, stale_after_s=settings.stale_after_s)

@@ -1,0 +1,67 @@
+"""``GET /api/v1/stations`` and one station's time series."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from its.api.deps import ConnDep, NetworkDep
+from its.api.params import Bucket, check_points, time_window
+from its.api.schemas import ErrorOut, StationOut, StationSeries
+from its.errors import NotFoundError
+from its.service import live, traffic
+
+router = APIRouter(prefix="/stations", tags=["stations"])
+
+
+@router.get("", response_model=list[StationOut], summary="Detector stations and their health")
+def list_stations(conn: ConnDep, network: NetworkDep) -> list[dict]:
+    health = {h["station_id"]: h for h in live.station_health(conn, network)}
+    corridor = {s.segment_id: s.corridor_id for s in network.segments}
+    return [
+        {
+            "station_id": st.station_id,
+            "segment_id": st.segment_id,
+            "corridor_id": corridor[st.segment_id],
+            "lanes": st.lanes,
+            "lon": st.lon,
+            "lat": st.lat,
+            "detector": st.detector,
+            "health": health[st.station_id]["health"],
+            "last_seen": health[st.station_id]["last_seen"],
+        }
+        for st in network.stations
+    ]
+
+
+@router.get(
+    "/{station_id}/series",
+    response_model=StationSeries,
+    responses={404: {"model": ErrorOut}, 400: {"model": ErrorOut}},
+    summary="One station's flow, speed and occupancy per bucket",
+)
+def station_series(
+    conn: ConnDep,
+    network: NetworkDep,
+    station_id: Annotated[str, Path(examples=["JKT-SDR-N-012"])],
+    start: Annotated[datetime | None, Query(description="UTC; default end - 2 h")] = None,
+    end: Annotated[datetime | None, Query(description="UTC; default newest data")] = None,
+    bucket: Bucket = Bucket.m5,
+) -> dict:
+    if station_id not in {s.station_id for s in network.stations}:
+        raise NotFoundError(f"no station {station_id!r}")
+    start, end = time_window(conn, start, end)
+    check_points(start, end, bucket.seconds, 1)
+    rows = traffic.aggregate(
+        conn, network, "station", start, end, bucket.seconds, target_ids=[station_id]
+    )
+    points = [{k: v for k, v in r.to_dict().items() if k != "id"} for r in rows]
+    return {
+        "station_id": station_id,
+        "bucket": bucket.value,
+        "start": start,
+        "end": end,
+        "points": points,
+    }

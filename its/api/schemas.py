@@ -1,0 +1,202 @@
+"""Response and request models: what the OpenAPI page at ``/docs`` shows analysts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Band = Literal["free", "slow", "congested", "jammed", "no-data"]
+
+
+class SegmentState(BaseModel):
+    segment_id: str
+    corridor_id: str
+    name: str
+    direction: str
+    road_class: str
+    length_km: float
+    free_flow_kph: float
+    speed_kph: float | None = Field(description="Flow-weighted harmonic mean, last 5 min of data")
+    flow_vph: float | None = Field(description="Mean station flow, vehicles per hour")
+    occupancy: float | None = Field(description="Mean lane occupancy, fraction 0..1")
+    pct_observed: float | None
+    band: Band
+    tti: float | None = Field(description="Travel time index: travel time / free-flow time")
+    observed_at: datetime | None
+    stale: bool
+
+
+class LineString(BaseModel):
+    type: Literal["LineString"] = "LineString"
+    coordinates: list[list[float]]
+
+
+class SegmentFeature(BaseModel):
+    type: Literal["Feature"] = "Feature"
+    id: str
+    geometry: LineString
+    properties: SegmentState
+
+
+class NetworkState(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "type": "FeatureCollection",
+                "data_time": "2026-11-22T01:05:00Z",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "id": "SDR-N-03",
+                        "geometry": {
+                            "type": "LineString",
+                            "coordinates": [[106.8228, -6.2146], [106.8236, -6.2063]],
+                        },
+                        "properties": {
+                            "segment_id": "SDR-N-03",
+                            "corridor_id": "SDR",
+                            "name": "Jl. Jend. Sudirman (Semanggi - Karet)",
+                            "direction": "N",
+                            "road_class": "arterial",
+                            "length_km": 0.92,
+                            "free_flow_kph": 60,
+                            "speed_kph": 21.4,
+                            "flow_vph": 3120,
+                            "occupancy": 0.241,
+                            "pct_observed": 100,
+                            "band": "congested",
+                            "tti": 2.8,
+                            "observed_at": "2026-11-22T01:05:00Z",
+                            "stale": False,
+                        },
+                    }
+                ],
+            }
+        }
+    )
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    data_time: datetime | None = Field(description="Newest data stored: the clock of live views")
+    features: list[SegmentFeature]
+
+
+class StationOut(BaseModel):
+    station_id: str
+    segment_id: str
+    corridor_id: str
+    lanes: int
+    lon: float
+    lat: float
+    detector: str
+    health: Literal["ok", "offline", "no-data"]
+    last_seen: datetime | None
+
+
+class SeriesPoint(BaseModel):
+    bucket_start: datetime
+    speed_kph: float | None
+    flow_vph: float | None
+    occupancy: float | None
+    pct_observed: float = Field(description="Lane intervals observed / expected, in percent")
+
+
+class StationSeries(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "station_id": "JKT-SDR-N-012",
+                "bucket": "5m",
+                "start": "2026-11-22T00:00:00Z",
+                "end": "2026-11-22T02:00:00Z",
+                "points": [
+                    {
+                        "bucket_start": "2026-11-22T00:00:00Z",
+                        "speed_kph": 47.5,
+                        "flow_vph": 2880,
+                        "occupancy": 0.082,
+                        "pct_observed": 100,
+                    }
+                ],
+            }
+        }
+    )
+    station_id: str
+    bucket: str
+    start: datetime
+    end: datetime
+    points: list[SeriesPoint]
+
+
+class AggregateRow(SeriesPoint):
+    id: str = Field(description="Station, segment or corridor id")
+
+
+class Aggregates(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "level": "corridor",
+                "bucket": "1h",
+                "start": "2026-11-22T00:00:00Z",
+                "end": "2026-11-22T03:00:00Z",
+                "rows": [
+                    {
+                        "id": "SDR",
+                        "bucket_start": "2026-11-22T00:00:00Z",
+                        "speed_kph": 38.2,
+                        "flow_vph": 3410,
+                        "occupancy": 0.12,
+                        "pct_observed": 98.6,
+                    }
+                ],
+            }
+        }
+    )
+    level: str
+    bucket: str
+    start: datetime
+    end: datetime
+    rows: list[AggregateRow]
+
+
+class AlertOut(BaseModel):
+    id: int
+    rule: str
+    target_kind: str
+    target_id: str
+    severity: str
+    active: bool
+    message: str
+    raised_at: datetime
+    last_seen: datetime
+    cleared_at: datetime | None
+    count: int
+    acked_at: datetime | None
+    acked_by: str | None
+    ack_comment: str | None
+    details: dict[str, Any] = {}
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"operator": "rina", "comment": "Police on site"}},
+    )
+    operator: str = Field(
+        min_length=1, max_length=100, pattern=r"\S", description="Who acknowledges"
+    )
+    comment: str | None = Field(None, max_length=2000)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str
+    backend: str | None
+    broker: str
+    broker_url: str | None
+    data_time: datetime | None
+
+
+class ErrorOut(BaseModel):
+    detail: str
