@@ -155,5 +155,244 @@ def ingest_cmd(
     )
 
 
+# --------------------------------------------------------------------------- web
+
+
+def build_web_app(settings: Settings, *, engine=None, network=None):  # noqa: ANN001, ANN201
+    """The web process's app: the API (``/api/v1``, ``/docs``, ``/healthz``) and the Dash
+    dashboard at ``/`` on one FastAPI app, sharing one engine and one road network."""
+    from dashboard.app import create_dash
+    from its.api.app import create_app
+
+    api = create_app(settings, engine=engine, network=network)
+    create_dash(api, settings=settings, engine=api.state.engine, network=api.state.network)
+    return api
+
+
+def _web_server(settings: Settings, web_app):  # noqa: ANN001, ANN202 - a uvicorn.Server
+    import uvicorn
+
+    config = uvicorn.Config(
+        web_app,
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level="warning",
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise typer.BadParameter(
+                f"port {port} on {host} is in use: stop what holds it or set ITS_WEB_PORT"
+            ) from None
+
+
+@app.command("web")
+def web_cmd() -> None:
+    """Serve the API under /api/v1 (OpenAPI at /docs) and the operator dashboard at /."""
+    from its.db import migrate
+    from its.network import load_network
+
+    _setup_logging()
+    settings = _settings()
+    _check_port_free(settings.web_host, settings.web_port)
+    engine = _engine(settings)
+    network = load_network(settings.network_file)
+    migrate.upgrade_and_seed(engine, network)
+    server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
+    typer.echo(f"dashboard: http://{settings.web_host}:{settings.web_port}/")
+    server.run()
+
+
+# --------------------------------------------------------------------------- up
+
+
+def _alert_publisher(settings: Settings, endpoint: MqttEndpoint):  # noqa: ANN202
+    """A function that publishes alert events over MQTT (QoS 1), and a function to close it."""
+    from ingest.mqtt import connect, make_client
+
+    client = make_client(endpoint, f"its-alerts-{settings.topic_prefix.replace('/', '-')}")
+    connect(client, endpoint)
+    client.loop_start()
+
+    def publish(topic: str, payload: bytes) -> None:
+        client.publish(topic, payload, qos=1)
+
+    def close() -> None:
+        client.disconnect()
+        client.loop_stop()
+
+    return publish, close
+
+
+class _Component(threading.Thread):
+    """A component of ``its up`` in a thread; an error stops the whole system (one Ctrl-C or one
+    failure: everything stops together)."""
+
+    def __init__(self, name: str, target, stop: threading.Event) -> None:  # noqa: ANN001
+        super().__init__(name=f"its-{name}", daemon=True)
+        self._target_fn = target
+        self._stop_all = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # noqa: BLE001 - reported, then everything stops
+            self.error = exc
+            log.exception("%s failed; stopping everything", self.name)
+        finally:
+            self._stop_all.set()
+
+
+@app.command("up")
+def up_cmd(
+    speed: Annotated[
+        float,
+        typer.Option(min=0.1, max=3600, envvar="ITS_SIM_SPEED", help="Simulated time per second."),
+    ] = 60.0,
+    sim: Annotated[
+        bool, typer.Option(help="Run the traffic simulator (off: only real sensors).")
+    ] = True,
+    demo: Annotated[
+        bool, typer.Option(help="Add the demo incident and broken sensors to the simulation.")
+    ] = True,
+    seed: Annotated[int, typer.Option(envvar="ITS_SIM_SEED")] = 0,
+) -> None:
+    """Run everything on one machine: broker (embedded unless ITS_MQTT_URL is set), ingest,
+    simulator, alerts evaluator and the web process. One Ctrl-C stops all."""
+    from ingest.broker import EmbeddedBroker
+    from ingest.service import run_ingest
+    from its.alerts.evaluator import run_evaluator
+    from its.db import migrate
+    from its.db.engine import detect_backend
+    from its.network import load_network
+
+    _setup_logging()
+    settings = _settings()
+    _check_port_free(settings.web_host, settings.web_port)
+    engine = _engine(settings)
+    network = load_network(settings.network_file)
+    migrate.upgrade_and_seed(engine, network)
+    log.info("store: %s (%s)", engine.url.render_as_string(), detect_backend(engine).value)
+
+    broker = None
+    endpoint = settings.mqtt_endpoint
+    if endpoint is None:
+        broker = EmbeddedBroker(port=settings.embedded_mqtt_port)
+        endpoint = broker.start()
+        settings = settings.model_copy(update={"mqtt_url": endpoint.url})
+        typer.echo(f"MQTT broker (embedded, 127.0.0.1 only): {endpoint.url}  <- point sensors here")
+    else:
+        typer.echo(f"MQTT broker: {endpoint.url}")
+
+    stop = _stop_on_signals()
+    publish, close_publisher = _alert_publisher(settings, endpoint)
+    server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
+    components = [
+        _Component("ingest", lambda: run_ingest(settings, endpoint, stop, engine=engine), stop),
+        _Component(
+            "alerts", lambda: run_evaluator(settings, engine, network, stop, publish=publish), stop
+        ),
+        _Component("web", server.run, stop),
+    ]
+    if sim:
+        from sim.publisher import run_live
+        from sim.scenario import demo_scenario
+
+        scenario = (lambda start: demo_scenario(network, start)) if demo else None
+        components.append(
+            _Component(
+                "sim",
+                lambda: run_live(
+                    settings, endpoint, stop, speed=speed, seed=seed, scenario=scenario,
+                    network=network,
+                ),
+                stop,
+            )
+        )  # fmt: skip
+    for c in components:
+        c.start()
+    while not server.started and not stop.is_set():
+        stop.wait(0.1)
+    if server.started:
+        typer.echo(
+            f"dashboard: http://{settings.web_host}:{settings.web_port}/   "
+            f"API: http://{settings.web_host}:{settings.web_port}/docs   (Ctrl-C stops all)"
+        )
+    stop.wait()
+    server.should_exit = True
+    for c in components:
+        c.join(timeout=30)
+    close_publisher()
+    if broker is not None:
+        broker.stop()
+    failed = [c for c in components if c.error is not None]
+    if failed:
+        raise typer.Exit(1)
+    typer.echo("stopped")
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+@app.command("alerts")
+def alerts_cmd(
+    interval: Annotated[
+        float,
+        typer.Option(
+            min=0.1, max=3600, envvar="ITS_ALERT_INTERVAL_S", help="Seconds between evaluations."
+        ),
+    ] = 2.0,
+) -> None:
+    """Run the alerts evaluator until Ctrl-C or SIGTERM (thresholds: ITS_ALERT_*, docs/alerts.md).
+
+    Several may run against one PostgreSQL database: one leads (advisory lock), the others stand
+    by. Alert changes are published to {prefix}/alerts/{id} when ITS_MQTT_URL is set.
+    """
+    from its.alerts.config import AlertSettings
+    from its.alerts.evaluator import run_evaluator
+    from its.db import migrate
+    from its.network import load_network
+
+    _setup_logging()
+    settings = _settings()
+    try:
+        alert_settings = AlertSettings()
+    except Exception as exc:  # pydantic's ValidationError names the bad variable
+        raise typer.BadParameter(f"invalid ITS_ALERT_ settings: {exc}") from None
+    engine = _engine(settings)
+    network = load_network(settings.network_file)
+    migrate.upgrade_and_seed(engine, network)
+    publish, close_publisher = None, None
+    if settings.mqtt_endpoint is not None:
+        publish, close_publisher = _alert_publisher(settings, settings.mqtt_endpoint)
+    stop = _stop_on_signals()
+    try:
+        stats = run_evaluator(
+            settings,
+            engine,
+            network,
+            stop,
+            publish=publish,
+            interval_s=interval,
+            alert_settings=alert_settings,
+        )
+    finally:
+        if close_publisher is not None:
+            close_publisher()
+    typer.echo(
+        f"alerts evaluator stopped: {stats.buckets} buckets evaluated, {stats.raised} raised, "
+        f"{stats.cleared} cleared, {stats.published} published"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
-import socket
+import time
+import uuid
 
+import paho.mqtt.client as mqtt
 from fastapi import APIRouter, Response
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from its.api.deps import EngineDep, SettingsDep
 from its.api.schemas import Health
+from its.config import MqttEndpoint
 from its.db.engine import detect_backend
 from its.service.traffic import data_clock
 
 router = APIRouter(tags=["health"])
 
 
-def _broker_reachable(host: str, port: int) -> bool:
+def _broker_reachable(endpoint: MqttEndpoint, timeout: float = 2.0) -> bool:
+    """A real MQTT CONNECT / CONNACK round trip (a bare TCP probe would make brokers log an
+    aborted session on every check)."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"its-healthz-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+    )
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
     try:
-        socket.create_connection((host, port), timeout=1.0).close()
+        client.connect(endpoint.host, endpoint.port, keepalive=10)
+        deadline = time.monotonic() + timeout
+        while not client.is_connected() and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+        ok = client.is_connected()
+        if ok:
+            client.disconnect()
+        return ok
     except OSError:
         return False
-    return True
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
@@ -40,7 +63,7 @@ def healthz(engine: EngineDep, settings: SettingsDep, response: Response) -> dic
     if endpoint is None:
         broker = "not configured"
     else:
-        broker = "ok" if _broker_reachable(endpoint.host, endpoint.port) else "unreachable"
+        broker = "ok" if _broker_reachable(endpoint) else "unreachable"
     healthy = db == "ok" and broker in ("ok", "not configured")
     if not healthy:
         response.status_code = 503
