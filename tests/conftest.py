@@ -138,3 +138,19 @@ def embedded_broker() -> Iterator[MqttEndpoint]:
 def settings(tmp_path: Path, topic_prefix: str) -> Settings:
     """Settings isolated from the environment: own data dir and topic prefix."""
     return Settings(_env_file=None, data_dir=tmp_path, topic_prefix=topic_prefix)
+
+
+# --------------------------------------------------------------------------- browser
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's, through chromedriver), reaching only 127.0.0.1."""
+    from tests.browser import chrome
+
+    try:
+        driver = chrome()
+    except Exception as exc:  # noqa: BLE001 - a missing browser is an error, not a skip
+        pytest.fail(f"Chromium and chromedriver are needed (run `make test`): {exc}")
+    yield driver
+    driver.quit()

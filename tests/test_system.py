@@ -1,0 +1,133 @@
+"""The whole system as ``make run`` starts it: ``its up`` on the embedded defaults (SQLite and the
+embedded broker), the simulator running fast with its demo incident, and an operator in headless
+Chromium who sees the congestion alert the simulator caused and acknowledges it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from selenium.webdriver.common.by import By
+from sqlalchemy import select
+
+from dashboard.ids import ids
+from its.db import schema
+from its.db.engine import make_engine
+from its.network import Network
+from sim.scenario import demo_segment
+from tests.browser import click, wait_until
+from tests.conftest import wait_for
+
+SPEED = "240"  # 4 simulated minutes per second: the demo incident congests within seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def its_up(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+    """``its up`` in its own process, as ``make run`` runs it, on a fresh data directory."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ITS_")}
+    env.update(
+        ITS_DATA_DIR=str(tmp_path / "var"),
+        ITS_WEB_PORT=str(port),
+        ITS_EMBEDDED_MQTT_PORT="0",
+        ITS_REFRESH_SECONDS="1",
+    )
+    log = (tmp_path / "its-up.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "its.cli", "up", "--speed", SPEED],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", tmp_path, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return None
+
+
+def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
+    its_up: tuple[str, Path, subprocess.Popen], browser, network: Network
+) -> None:
+    base, workdir, proc = its_up
+    output = workdir / "its-up.log"
+
+    def up() -> bool:
+        assert proc.poll() is None, output.read_text()[-3000:]
+        r = _get(f"{base}/healthz")
+        return r is not None and r.status_code == 200
+
+    wait_for(up, timeout=60, interval=0.3, what="its up to serve /healthz")
+
+    def live_speeds() -> int:
+        r = _get(f"{base}/api/v1/network")
+        feats = r.json()["features"] if r is not None and r.status_code == 200 else []
+        return sum(1 for f in feats if f["properties"]["speed_kph"] is not None)
+
+    assert wait_for(live_speeds, timeout=90, what="live speeds in /api/v1/network") > 0
+    target = demo_segment(network)
+
+    def sim_alert() -> dict | None:
+        r = _get(f"{base}/api/v1/alerts?state=all")
+        alerts = r.json() if r is not None and r.status_code == 200 else []
+        return next(
+            (a for a in alerts if a["rule"] == "congestion" and a["target_id"] == target), None
+        )
+
+    alert = wait_for(sim_alert, timeout=120, interval=0.5, what=f"a congestion alert on {target}")
+    assert "Ingest" in output.read_text() or "ingest" in output.read_text()
+
+    browser.get(base + "/")
+    wait_until(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"#{ids.map_graph} canvas"),
+        60,
+        "the map to render",
+    )
+    row = f"#{ids.alert_item(alert['id'])}"
+    wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), 60, "the alert row")
+    browser.find_element(By.ID, ids.operator).send_keys("dewi")
+    click(browser, f"{row} .ack-button", "the Acknowledge button")
+
+    engine = make_engine(f"sqlite:///{workdir / 'var' / 'its.db'}")
+    a = schema.alerts
+
+    def acked_by() -> str | None:
+        with engine.connect() as conn:
+            return conn.execute(select(a.c.acked_by).where(a.c.id == alert["id"])).scalar()
+
+    assert wait_for(acked_by, timeout=30, what="the acknowledgement in the database") == "dewi"
+    engine.dispose()
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0, output.read_text()[-3000:]
+    text = output.read_text()
+    assert "dashboard: http://127.0.0.1:" in text
+    assert "stopped" in text
