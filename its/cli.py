@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -218,7 +219,8 @@ def _alert_publisher(settings: Settings, endpoint: MqttEndpoint):  # noqa: ANN20
     """A function that publishes alert events over MQTT (QoS 1), and a function to close it."""
     from ingest.mqtt import connect, make_client
 
-    client = make_client(endpoint, f"its-alerts-{settings.topic_prefix.replace('/', '-')}")
+    # a unique id: a leader and its standby must not kick each other off the broker
+    client = make_client(endpoint, f"its-alerts-{uuid.uuid4().hex[:10]}")
     connect(client, endpoint)
     client.loop_start()
 
@@ -391,6 +393,166 @@ def alerts_cmd(
     typer.echo(
         f"alerts evaluator stopped: {stats.buckets} buckets evaluated, {stats.raised} raised, "
         f"{stats.cleared} cleared, {stats.published} published"
+    )
+
+
+# --- sim
+
+
+def _parse_time(value: str | None, option: str):  # noqa: ANN202 - datetime | None
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 time (e.g. 2026-11-23T00:00:00Z)", param_hint=option
+        ) from None
+    if when.tzinfo is None:
+        raise typer.BadParameter(f"{value!r} needs a time zone (e.g. ...Z)", param_hint=option)
+    return when
+
+
+def _sim_scenario(network, demo: bool, incidents: list[str], faults: list[str]):  # noqa: ANN001, ANN202
+    """A function of the run start (relative events), checked against the network now so a
+    typo fails before anything connects."""
+    from datetime import UTC, datetime
+
+    from sim.scenario import Scenario, ScenarioError, demo_scenario, parse_fault, parse_incident
+
+    def build(start: datetime) -> Scenario:
+        scen = demo_scenario(network, start) if demo else Scenario()
+        return scen + Scenario(
+            incidents=tuple(parse_incident(s, start, network) for s in incidents),
+            faults=tuple(parse_fault(s, start, network) for s in faults),
+        )
+
+    try:
+        build(datetime.now(UTC))
+    except ScenarioError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--incident/--fault") from None
+    return build
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter(f"must be greater than 0, got {value}")
+    return value
+
+
+_SEED = typer.Option(
+    envvar="ITS_SIM_SEED", help="Seed of the traffic model (same seed, same data)."
+)
+_PERIOD = typer.Option(min=1, max=3600, help="Observation interval in seconds.")
+
+
+@sim_app.command("run")
+def sim_run(
+    speed: Annotated[
+        float,
+        typer.Option(
+            max=100_000,
+            envvar="ITS_SIM_SPEED",
+            callback=_positive,
+            help="Simulated seconds per wall second; above 1 without --start, the run begins "
+            "6 h ago and fast-forwards until it catches up with real time.",
+        ),
+    ] = 1.0,
+    start: Annotated[
+        str | None, typer.Option(help="Simulated start, ISO 8601 with zone (default: see --speed).")
+    ] = None,
+    seed: Annotated[int, _SEED] = 0,
+    period: Annotated[int, _PERIOD] = 30,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="Incident at +5 min for 60 min, a silent and a stuck station."),
+    ] = False,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(help="SEGMENT_ID@+START/DURATION, e.g. SDR-N-02@+10m/45m (repeatable)."),
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="STATION_ID:KIND@+START/DURATION (@... and /... optional), KIND one of silent, "
+            "stuck, zero, chatter, failed; e.g. JKT-SDR-N-003:silent@+5m (repeatable)."
+        ),
+    ] = None,
+) -> None:
+    """Simulated stations publishing over MQTT, one connection and Last Will each, until Ctrl-C.
+
+    The simulated clock never runs ahead of the wall clock. See docs/simulator.md.
+    """
+    from its.network import load_network
+    from sim.publisher import run_live
+
+    _setup_logging()
+    settings = _settings()
+    endpoint = _require_broker(settings)
+    begin = _parse_time(start, "--start")
+    network = load_network(settings.network_file)
+    scenario = _sim_scenario(network, demo, incident or [], fault or [])
+    stop = _stop_on_signals()
+    stats = run_live(
+        settings,
+        endpoint,
+        stop,
+        speed=speed,
+        start=begin,
+        seed=seed,
+        scenario=scenario,
+        period_s=period,
+        network=network,
+    )
+    typer.echo(
+        f"simulator stopped: {stats.published} observations in {stats.ticks} intervals "
+        f"from {stats.start.isoformat()}"
+    )
+
+
+@sim_app.command("backfill")
+def sim_backfill(
+    hours: Annotated[
+        float, typer.Option(max=24 * 366, callback=_positive, help="Hours of history.")
+    ],
+    end: Annotated[
+        str | None, typer.Option(help="End of the history, ISO 8601 with zone (default: now).")
+    ] = None,
+    seed: Annotated[int, _SEED] = 0,
+    period: Annotated[int, _PERIOD] = 30,
+    max_rate: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Cap in observations/s (when ingest cannot keep up)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar (only on a terminal).")] = True,
+) -> None:
+    """Publish the last N hours of every station as fast as the broker takes it.
+
+    `its ingest` (or `its up`) must be running and subscribed, or the history is not stored.
+    """
+    from its.network import load_network
+    from sim.backfill import backfill
+
+    _setup_logging()
+    settings = _settings()
+    endpoint = _require_broker(settings)
+    until = _parse_time(end, "--end")
+    stats = backfill(
+        settings,
+        endpoint,
+        hours,
+        end=until,
+        seed=seed,
+        period_s=period,
+        progress=progress,
+        network=load_network(settings.network_file),
+        max_rate=max_rate,
+    )
+    typer.echo(
+        f"backfilled {stats.observations} observations ({stats.readings} readings) "
+        f"in {stats.seconds:.1f}s, {stats.rate:.0f} obs/s"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from its.db.types import UTCDateTime
@@ -114,4 +116,70 @@ dead_letters = Table(
         comment="utf-8, or base64 where the payload was not valid UTF-8",
     ),
     Column("reason", Text, nullable=False),
+)
+
+# --------------------------------------------------------------------------- alerts
+# Written by the alerts evaluator (its/alerts); operators acknowledge through the API. Times of
+# raise/clear are data time (the evaluator runs on the data clock), acknowledgements wall time.
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False, comment="congestion | station-offline | ..."),
+    Column("target_kind", String(16), nullable=False, comment="segment | station"),
+    Column("target_id", String(64), nullable=False),
+    Column("severity", String(16), nullable=False, comment="critical|major|minor|warning|info"),
+    Column("active", Boolean, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("cleared_at", UTCDateTime, nullable=True),
+    Column("count", Integer, nullable=False),
+    Column("acked_at", UTCDateTime, nullable=True),
+    Column("acked_by", String(128), nullable=True),
+    Column("ack_comment", Text, nullable=True),
+    Column("assignee", String(128), nullable=True),
+    # One ACTIVE alert per (rule, target): a repeat updates the row, a cleared row is history.
+    Index(
+        "uq_alerts_active_rule_target",
+        "rule",
+        "target_id",
+        unique=True,
+        sqlite_where=text("active"),
+        postgresql_where=text("active"),
+    ),
+    Index("ix_alerts_raised_at", "raised_at"),
+    comment="One row per alert episode: active until cleared, acknowledged independently.",
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("alert_id", ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column(
+        "event",
+        String(16),
+        nullable=False,
+        comment="raised | repeated | severity | cleared | acknowledged",
+    ),
+    Column("actor", String(128), nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("details", JSON, nullable=True),
+    comment="Audit history of every alert.",
+)
+
+rule_state = Table(
+    "rule_state",
+    metadata,
+    Column("rule", String(64), nullable=False),
+    Column("target_id", String(64), nullable=False),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("rule", "target_id", name="pk_rule_state"),
+    comment="Alert rules' memory (windows, streaks) and the evaluator's progress, so a restart "
+    "resumes exactly.",
 )

@@ -1,0 +1,61 @@
+"""Alert thresholds and evaluator timing, read from ``ITS_ALERT_*`` (like :mod:`its.config`).
+
+Kept apart from the platform's Settings so the alert rules can be tuned without touching the rest;
+nothing is read at import time: build :class:`AlertSettings` (the CLI does) or pass one in.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from its.alerts.rules import CongestionParams
+
+
+class AlertSettings(BaseSettings):
+    """Each field is ``ITS_ALERT_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ITS_ALERT_", env_file=".env", extra="ignore")
+
+    congestion_raise_below: float = Field(
+        0.5, gt=0, le=1.5, description="Raise below this speed / free-flow ratio."
+    )
+    congestion_clear_at: float = Field(
+        0.6, gt=0, le=1.5, description="Clear at or above this ratio (hysteresis)."
+    )
+    congestion_major_below: float = Field(
+        0.25, gt=0, le=1.5, description="Severity major below this ratio (jammed), else minor."
+    )
+    congestion_n: int = Field(3, ge=1, le=48, description="Raise when N of the last M are bad.")
+    congestion_m: int = Field(4, ge=1, le=48, description="Persistence window in buckets.")
+    congestion_clear_k: int = Field(
+        2, ge=1, le=48, description="Consecutive good buckets needed to clear."
+    )
+    offline_periods: int = Field(
+        3, ge=1, le=100, description="A station silent this many periods is offline."
+    )
+    default_period_s: int = Field(30, ge=1, le=3600)
+    grace_s: int = Field(
+        30, ge=0, le=3600, description="A bucket is complete this long (data time) after its end."
+    )
+    backfill_s: int = Field(
+        3600, ge=0, le=7 * 86400, description="On a fresh start, evaluate this much history."
+    )
+    max_buckets_per_step: int = Field(
+        24, ge=1, le=10_000, description="Catch-up work per transaction after a long pause."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertSettings:
+        self.congestion()  # raises ValueError with the reason
+        return self
+
+    def congestion(self) -> CongestionParams:
+        return CongestionParams(
+            raise_below=self.congestion_raise_below,
+            clear_at=self.congestion_clear_at,
+            major_below=self.congestion_major_below,
+            n=self.congestion_n,
+            m=self.congestion_m,
+            clear_k=self.congestion_clear_k,
+        )

@@ -1,0 +1,459 @@
+"""The alerts evaluator: runs the rules over the store on the data clock and keeps alerts current.
+
+Why it is built this way:
+
+- **Data time, not wall time.** The simulator may replay history at 60x and a real feed can lag,
+  so "the last 5 minutes" are the last 5 minutes of data (:func:`its.service.traffic.data_clock`).
+  A 5-min bucket is evaluated once it is complete: when the data clock has passed its end plus a
+  grace period for late readings.
+- **Exactly once, across restarts.** Each step evaluates every complete bucket since the last one,
+  in order, and writes the rules' state, the evaluator's progress and the alert changes in one
+  transaction: a crash replays nothing twice and skips nothing. A fresh database starts at most
+  ``backfill_s`` (1 h) before the data clock.
+- **One leader.** On PostgreSQL several evaluators may run (for availability); a session-level
+  advisory lock, held on a dedicated connection while leading, lets exactly one act. If that
+  connection dies the server drops the lock and another evaluator takes over. SQLite is one
+  process: it simply leads.
+- **No MQTT client here.** Alert changes are published after commit through an injected
+  ``publish(topic, payload)`` callable (the CLI passes a paho one), so subscribers never see an
+  alert that was rolled back and this core module stays free of paho.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection, Engine
+
+from its.alerts import state as rule_state
+from its.alerts import store
+from its.alerts.config import AlertSettings
+from its.alerts.rules import (
+    CONGESTION,
+    STATION_OFFLINE,
+    CongestionState,
+    StationView,
+    congestion_message,
+    congestion_step,
+    fully_offline_segments,
+    offline_message,
+    offline_reason,
+)
+from its.config import Settings
+from its.contract import AlertTopic
+from its.db import schema
+from its.network import Network
+from its.service.traffic import data_clock, segment_buckets, station_last_seen, station_states
+
+log = logging.getLogger("its.alerts")
+
+BUCKET_S = 300
+# pg_try_advisory_lock key: "ITSALRT" as an integer. Advisory locks are per database, so test
+# databases and separate deployments on one server never contend.
+LOCK_KEY = int.from_bytes(b"ITSALRT", "big")
+PUBLISHED_EVENTS = ("raised", "severity", "cleared")
+
+Publisher = Callable[[str, bytes], None]
+
+# A bigint advisory key shows in pg_locks as classid = high 32 bits, objid = low 32, objsubid 1.
+_HOLDS_LOCK = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND database = (SELECT oid FROM pg_database"
+    " WHERE datname = current_database())"
+    " AND classid::bigint = (:key >> 32) AND objid::bigint = (:key & 4294967295)"
+    " AND objsubid = 1)"
+)
+
+
+def floor_bucket(ts: datetime, bucket_s: int = BUCKET_S) -> datetime:
+    """Start of the ``bucket_s`` bucket holding ``ts`` (epoch-aligned, as time_bucket's origin
+    2000-01-03 is a multiple of every bucket width up to a day)."""
+    epoch = int(ts.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % bucket_s, UTC)
+
+
+def alert_payload(change: store.Change) -> bytes:
+    """The JSON published on ``{prefix}/alerts/{id}``: the alert plus the event that changed it."""
+    return json.dumps({"event": change.event, **change.alert.to_dict()}).encode()
+
+
+@dataclass
+class StepResult:
+    """What one step did (for logs, tests and the catch-up loop)."""
+
+    leading: bool
+    data_time: datetime | None = None
+    buckets: int = 0
+    evaluated_until: datetime | None = None
+    changes: list[store.Change] = field(default_factory=list)
+
+    def events(self, kind: str | None = None) -> list[store.Change]:
+        return [c for c in self.changes if kind is None or c.event == kind]
+
+
+@dataclass
+class EvaluatorStats:
+    steps: int = 0
+    buckets: int = 0
+    raised: int = 0
+    cleared: int = 0
+    published: int = 0
+    publish_errors: int = 0
+
+
+class Evaluator:
+    """Evaluates the alert rules step by step; see the module docstring for the why."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        network: Network,
+        *,
+        alert_settings: AlertSettings | None = None,
+        publish: Publisher | None = None,
+        topic_prefix: str = "its/v1",
+    ) -> None:
+        self.engine = engine
+        self.network = network
+        self.cfg = alert_settings or AlertSettings(_env_file=None)
+        self.params = self.cfg.congestion()
+        self.publish = publish
+        self.topic_prefix = topic_prefix
+        self.stats = EvaluatorStats()
+        self._stations_by_segment: dict[str, list[str]] = defaultdict(list)
+        for st in network.stations:
+            self._stations_by_segment[st.segment_id].append(st.station_id)
+        self._lock_conn: Connection | None = None
+        self._leading = False
+
+    # ------------------------------------------------------------------ leadership
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    def try_lead(self) -> bool:
+        """Become (or stay) the leader; False while another evaluator holds the lock."""
+        if self.engine.dialect.name != "postgresql":
+            self._leading = True
+            return True
+        if self._lock_conn is not None:
+            # Ask the server whether THIS session still holds the lock: "SELECT 1" is not enough,
+            # as SQLAlchemy silently reconnects an invalidated connection (a new session, no lock).
+            try:
+                held = bool(self._lock_conn.execute(_HOLDS_LOCK, {"key": LOCK_KEY}).scalar())
+                self._lock_conn.commit()
+            except Exception as exc:  # noqa: BLE001 - a dead session means the lock is gone
+                log.warning("alerts leader session failed (%s)", exc)
+                held = False
+            if held:
+                return True
+            log.warning("lost the alerts leader lock; trying to lead again")
+            self._drop_lock_conn(invalidate=True)
+        conn = self.engine.connect()
+        try:
+            got = bool(conn.execute(select(func.pg_try_advisory_lock(LOCK_KEY))).scalar())
+            conn.commit()
+        except Exception:
+            conn.invalidate()
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            self._leading = False
+            return False
+        self._lock_conn = conn
+        self._leading = True
+        log.info("alerts evaluator is leading")
+        return True
+
+    def _drop_lock_conn(self, *, invalidate: bool = False) -> None:
+        conn, self._lock_conn, self._leading = self._lock_conn, None, False
+        if conn is None:
+            return
+        try:
+            if invalidate:
+                conn.invalidate()  # closes the session: the server releases the lock
+            else:
+                conn.execute(select(func.pg_advisory_unlock(LOCK_KEY)))
+                conn.commit()
+        except Exception:  # noqa: BLE001
+            conn.invalidate()
+        finally:
+            conn.close()
+
+    def release(self) -> None:
+        """Step down (another evaluator may then lead)."""
+        if self._lock_conn is not None:
+            self._drop_lock_conn()
+            log.info("alerts evaluator stepped down")
+        self._leading = False
+
+    close = release
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> StepResult:
+        """Lead if possible, evaluate in one transaction, then publish what changed."""
+        if not self.try_lead():
+            return StepResult(leading=False)
+        with self.engine.begin() as conn:
+            result = self._evaluate(conn)
+        self.stats.steps += 1
+        self.stats.buckets += result.buckets
+        for change in result.changes:
+            self._report(change)
+        return result
+
+    def _report(self, change: store.Change) -> None:
+        a = change.alert
+        if change.event == "raised":
+            self.stats.raised += 1
+            log.info(
+                "alert %d raised: %s %s [%s] %s", a.id, a.rule, a.target_id, a.severity, a.message
+            )
+        elif change.event == "cleared":
+            self.stats.cleared += 1
+            log.info("alert %d cleared: %s %s", a.id, a.rule, a.target_id)
+        elif change.event == "severity":
+            log.info("alert %d now %s: %s", a.id, a.severity, a.message)
+        if self.publish is None or change.event not in PUBLISHED_EVENTS:
+            return
+        try:
+            self.publish(str(AlertTopic(self.topic_prefix, str(a.id))), alert_payload(change))
+            self.stats.published += 1
+        except Exception as exc:  # noqa: BLE001 - the store is the record; MQTT is a notification
+            self.stats.publish_errors += 1
+            log.warning("could not publish alert %d: %s", a.id, exc)
+
+    def _evaluate(self, conn: Connection) -> StepResult:
+        now = data_clock(conn)
+        at = now or datetime.now(UTC)
+        result = StepResult(leading=True, data_time=now)
+        active = store.active_alerts(conn)
+        offline = self._offline_stations(conn, now, active)
+        suppressed = fully_offline_segments(self._stations_by_segment, set(offline))
+
+        # Station offline: checked every step (seconds matter), raised and cleared at data time.
+        for sid, (reason, last_seen) in sorted(offline.items()):
+            if (STATION_OFFLINE, sid) not in active:
+                result.changes.append(
+                    store.raise_or_repeat(
+                        conn,
+                        STATION_OFFLINE,
+                        sid,
+                        "major",
+                        offline_message(sid, reason, last_seen),
+                        {"reason": reason, "last_seen": store.iso(last_seen)},
+                        at,
+                        target_kind="station",
+                    )
+                )
+        for (rule, sid), _alert in sorted(active.items()):
+            if rule == STATION_OFFLINE and sid not in offline:
+                change = store.clear(conn, STATION_OFFLINE, sid, at, {"reason": "data flows"})
+                if change is not None:
+                    result.changes.append(change)
+
+        # Congestion: every complete 5-min bucket since the last one, in order.
+        if now is not None:
+            self._evaluate_buckets(conn, now, active, suppressed, result)
+            if result.buckets:
+                for sid, (reason, last_seen) in offline.items():
+                    if (STATION_OFFLINE, sid) in active:
+                        store.raise_or_repeat(
+                            conn,
+                            STATION_OFFLINE,
+                            sid,
+                            "major",
+                            offline_message(sid, reason, last_seen),
+                            {"reason": reason, "last_seen": store.iso(last_seen)},
+                            at,
+                            target_kind="station",
+                        )
+        return result
+
+    def _offline_stations(
+        self,
+        conn: Connection,
+        now: datetime | None,
+        active: dict[tuple[str, str], store.AlertRecord],
+    ) -> dict[str, tuple[str, datetime | None]]:
+        """Station id -> (reason, last seen) for every station judged offline now."""
+        states = station_states(conn)
+        since = (now - timedelta(hours=1)) if now is not None else None
+        last_seen = station_last_seen(conn, since=since) if now is not None else {}
+        periods = self._periods(conn, since) if now is not None else {}
+        out: dict[str, tuple[str, datetime | None]] = {}
+        for st in self.network.stations:
+            sid = st.station_id
+            state = states.get(sid, (None, None))[0]
+            view = StationView(sid, state, last_seen.get(sid), periods.get(sid))
+            reason = offline_reason(
+                view,
+                now,
+                periods=self.cfg.offline_periods,
+                default_period_s=self.cfg.default_period_s,
+            )
+            alert = active.get((STATION_OFFLINE, sid))
+            if (
+                reason is None
+                and sid not in last_seen
+                and alert is not None
+                and alert.details.get("reason") == "silent"
+            ):
+                # Silent for longer than the look-back window: still offline, not recovered.
+                reason = "silent"
+                seen = alert.details.get("last_seen")
+                out[sid] = (reason, datetime.fromisoformat(seen) if seen else None)
+            elif reason is not None:
+                out[sid] = (reason, last_seen.get(sid))
+        return out
+
+    def _periods(self, conn: Connection, since: datetime | None) -> dict[str, int]:
+        """Each station's reporting period in the look-back window (the rule counts periods)."""
+        r = schema.readings
+        q = select(r.c.station_id, func.max(r.c.period_s)).group_by(r.c.station_id)
+        if since is not None:
+            q = q.where(r.c.interval_start >= since)
+        return {sid: int(p) for sid, p in conn.execute(q) if p}
+
+    def _evaluate_buckets(
+        self,
+        conn: Connection,
+        now: datetime,
+        active: dict[tuple[str, str], Any],
+        suppressed: set[str],
+        result: StepResult,
+    ) -> None:
+        progress = rule_state.load_progress(conn)
+        fresh_start = floor_bucket(now - timedelta(seconds=self.cfg.backfill_s))
+        complete_until = floor_bucket(now - timedelta(seconds=self.cfg.grace_s))
+        if progress is not None and progress > complete_until + timedelta(
+            seconds=self.cfg.backfill_s
+        ):
+            # The data went back in time (readings deleted, a new replay): waiting for the old
+            # progress would stall the rules for as long, so start again from the new history.
+            log.warning(
+                "data clock %s is far behind the alerts progress %s: restarting from %s",
+                now.isoformat(),
+                progress.isoformat(),
+                fresh_start.isoformat(),
+            )
+            progress = None
+        start = progress or fresh_start
+        limit = start + timedelta(seconds=BUCKET_S * self.cfg.max_buckets_per_step)
+        end = min(complete_until, limit)
+        if end <= start:
+            return
+        rows = {
+            (si.segment_id, si.bucket_start): si
+            for si in segment_buckets(conn, self.network, start, end, BUCKET_S)
+        }
+        stored = rule_state.load(conn, CONGESTION)
+        states: dict[str, CongestionState] = {}
+        for seg in self.network.segments:
+            s = CongestionState.from_json(stored.get(seg.segment_id))
+            is_active = (CONGESTION, seg.segment_id) in active
+            if s.active != is_active:  # the alerts table is the truth if the two ever disagree
+                s = CongestionState(s.window, 0, is_active, s.severity if is_active else None)
+            states[seg.segment_id] = s
+
+        bucket = start
+        while bucket < end:
+            bucket_end = bucket + timedelta(seconds=BUCKET_S)
+            for seg in self.network.segments:
+                sid = seg.segment_id
+                si = rows.get((sid, bucket))
+                speed = None if si is None or sid in suppressed else si.speed_kph
+                new, decision = congestion_step(states[sid], speed, seg.free_flow_kph, self.params)
+                states[sid] = new
+                details = {
+                    **decision.details,
+                    "bucket_start": store.iso(bucket),
+                    "pct_observed": None if si is None else round(si.pct_observed, 1),
+                }
+                if decision.action in ("raise", "repeat"):
+                    assert decision.severity is not None
+                    result.changes.append(
+                        store.raise_or_repeat(
+                            conn,
+                            CONGESTION,
+                            sid,
+                            decision.severity,
+                            congestion_message(seg.name, decision),
+                            details,
+                            bucket_end,
+                            target_kind="segment",
+                        )
+                    )
+                elif decision.action == "clear":
+                    change = store.clear(conn, CONGESTION, sid, bucket_end, details)
+                    if change is not None:
+                        result.changes.append(change)
+            result.buckets += 1
+            bucket = bucket_end
+
+        for sid, s in states.items():
+            if s.to_json() != stored.get(sid):
+                rule_state.save(conn, CONGESTION, sid, s.to_json(), now)
+        rule_state.save_progress(conn, end, now)
+        result.evaluated_until = end
+
+
+def run_evaluator(
+    settings: Settings,
+    engine: Engine,
+    network: Network,
+    stop: threading.Event,
+    *,
+    publish: Publisher | None = None,
+    interval_s: float = 2.0,
+    alert_settings: AlertSettings | None = None,
+) -> EvaluatorStats:
+    """Evaluate until ``stop`` is set: ``its alerts`` runs it, ``its up`` runs it in a thread.
+
+    A failing step (database restarting, say) is logged and retried on the next tick; leadership
+    is re-checked every tick, so a standby takes over within ``interval_s`` of a leader's loss.
+    """
+    evaluator = Evaluator(
+        engine,
+        network,
+        alert_settings=alert_settings or AlertSettings(),
+        publish=publish,
+        topic_prefix=settings.topic_prefix,
+    )
+    was_leading = None
+    try:
+        while not stop.is_set():
+            catching_up = False
+            try:
+                result = evaluator.step()
+                catching_up = result.buckets >= evaluator.cfg.max_buckets_per_step
+                if result.leading != was_leading and not result.leading:
+                    log.info("alerts evaluator on standby: another instance leads")
+                was_leading = result.leading
+            except Exception:  # noqa: BLE001 - keep evaluating; the next tick retries
+                log.exception("alerts evaluation step failed; retrying")
+                evaluator.release()
+            if not catching_up:
+                stop.wait(interval_s)
+    finally:
+        evaluator.close()
+    s = evaluator.stats
+    log.info(
+        "alerts evaluator stopped: %d steps, %d buckets, %d raised, %d cleared",
+        s.steps,
+        s.buckets,
+        s.raised,
+        s.cleared,
+    )
+    return s
