@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         300, ge=0, description="Readings stamped further than this in the future are rejected."
     )
     embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="0 picks a free port.")
-    map_style: str = Field("white-bg", description="Plotly map style; white-bg needs no internet.")
+    map_style: str = Field(
+        "dark-bg", description="Map style; dark-bg and white-bg need no internet (docs/dashboard.md)."
+    )
     map_tiles_url: str | None = Field(
         None, description="Optional XYZ raster tile URL template for an online base map."
     )

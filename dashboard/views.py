@@ -1,0 +1,131 @@
+"""What each refresh shows: service-layer calls composed into figures and components.
+
+These are the plain functions the (one-line) callbacks call. Data comes only from the service
+layer (``its.service.live`` and ``its.alerts.store``); there is no SQL here. Each function opens
+its own short connection, so a slow query never holds a connection across refreshes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from dashboard import figures, layout
+from its.alerts import store
+from its.config import Settings
+from its.errors import ConflictError, NotFoundError, QueryError
+from its.network import Network
+from its.service import live, traffic
+
+SERIES_WINDOW = timedelta(hours=2)
+SERIES_BUCKET_S = 300
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Everything a refresh needs, built once by :func:`dashboard.app.create_dash`."""
+
+    settings: Settings
+    engine: Engine
+    network: Network
+    bounds: figures.Bounds | None = field(init=False)
+    names: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        coords = (c for s in self.network.segments for c in s.coords)
+        object.__setattr__(self, "bounds", figures.bounds_of(coords))
+        object.__setattr__(self, "names", {s.segment_id: s.name for s in self.network.segments})
+
+    @property
+    def tz(self) -> Any:
+        return self.network.tz
+
+
+@dataclass(frozen=True)
+class LiveView:
+    map_figure: Any
+    kpis: list[Any]
+    updated: list[Any]
+
+
+def live_view(d: Dashboard, wall_now: datetime | None = None) -> LiveView:
+    """The map, KPI cards and "last updated" line of one refresh, all at one data time."""
+    s = d.settings
+    with d.engine.connect() as conn:
+        clock = traffic.data_clock(conn)
+        state = live.network_state(conn, d.network, now=clock, stale_after_s=s.stale_after_s)
+        health = live.station_health(conn, d.network, now=clock, stale_after_s=s.stale_after_s)
+    kpis = live.kpis_from(state["features"], health, state["data_time"])
+    fig = figures.network_map_figure(
+        state,
+        health,
+        tz=d.tz,
+        bounds=d.bounds,
+        map_style=s.map_style,
+        tiles_url=s.map_tiles_url,
+    )
+    wall = wall_now or datetime.now(UTC)
+    updated = layout.last_updated(state["data_time"], wall, d.tz, lag_warn_s=s.stale_after_s)
+    return LiveView(fig, layout.kpi_cards(kpis), updated)
+
+
+def alerts_view(d: Dashboard) -> tuple[list[Any], str]:
+    """The active alerts, newest first, and the count line above them."""
+    with d.engine.connect() as conn:
+        alerts = [a.to_dict() for a in store.list_alerts(conn, state="active", limit=100)]
+    return layout.alert_items(alerts, d.tz, d.names), layout.alerts_count(alerts)
+
+
+def acknowledge(d: Dashboard, alert_id: int, operator: str | None, comment: str | None) -> Any:
+    """Acknowledge one alert as ``operator``; returns the message to show the operator."""
+    who = (operator or "").strip()
+    if not who:
+        return layout.ack_message(
+            "Type your operator name above before acknowledging an alert.", "warn"
+        )
+    try:
+        with d.engine.begin() as conn:
+            rec = store.acknowledge(
+                conn, alert_id, operator=who, comment=(comment or "").strip() or None
+            )
+    except NotFoundError:
+        return layout.ack_message(f"Alert #{alert_id} no longer exists.", "warn")
+    except (ConflictError, QueryError) as exc:
+        return layout.ack_message(f"Not acknowledged: {exc}.", "warn")
+    return layout.ack_message(f"Alert #{rec.id} acknowledged by {rec.acked_by}.", "ok")
+
+
+def segment_view(d: Dashboard, segment_id: str | None) -> Any:
+    """Speed and flow of the selected segment over the last 2 hours of data time."""
+    if not segment_id:
+        return figures.empty_segment_figure()
+    try:
+        seg = d.network.segment(segment_id)
+    except KeyError:
+        return figures.empty_segment_figure(f"Unknown segment {segment_id}")
+    with d.engine.connect() as conn:
+        end = traffic.data_clock(conn)
+        if end is None:
+            return figures.empty_segment_figure(f"{seg.name}: no data yet")
+        start = end - SERIES_WINDOW
+        series = live.segment_series(conn, d.network, segment_id, start, end, SERIES_BUCKET_S)
+    return figures.segment_series_figure(
+        f"{seg.name} — {segment_id}",
+        figures.fill_gaps(series, start, end, SERIES_BUCKET_S),
+        tz=d.tz,
+        free_flow_kph=seg.free_flow_kph,
+    )
+
+
+def segment_from_click(click_data: dict[str, Any] | None) -> str | None:
+    """The segment id a map click carries in ``customdata`` (None for a gap or no click)."""
+    try:
+        custom = click_data["points"][0]["customdata"]  # type: ignore[index]
+    except (TypeError, KeyError, IndexError):
+        return None
+    if isinstance(custom, list | tuple):
+        custom = custom[0] if custom else None
+    return custom if isinstance(custom, str) else None
