@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     )
     embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="0 picks a free port.")
     map_style: str = Field(
-        "dark-bg", description="Map style; dark-bg and white-bg need no internet (docs/dashboard.md)."
+        "dark-bg",
+        description="Map style; dark-bg and white-bg need no internet (docs/dashboard.md).",
     )
     map_tiles_url: str | None = Field(
         None, description="Optional XYZ raster tile URL template for an online base map."

@@ -24,7 +24,7 @@ def client(engine: Engine, network: Network, settings: Settings) -> TestClient:
 
 def _jam_first_segment(engine: Engine, network: Network) -> tuple[datetime, str]:
     jam = network.segments[0]
-    t0 = aligned(60)
+    t0 = aligned(60, every=15)  # whole 15-minute buckets
     seed(
         engine, network, t0, 30,
         lambda st, t: (0.2 if st.segment_id == jam.segment_id else 0.9)

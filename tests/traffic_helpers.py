@@ -61,7 +61,7 @@ def seed(
         return insert_readings(conn, rows)
 
 
-def aligned(minutes_ago: float = 60) -> datetime:
-    """A 5-minute-aligned UTC time ``minutes_ago`` before now."""
+def aligned(minutes_ago: float = 60, every: int = 5) -> datetime:
+    """A UTC time about ``minutes_ago`` before now, aligned to ``every`` minutes."""
     t = datetime.now(UTC) - timedelta(minutes=minutes_ago)
-    return t.replace(minute=t.minute - t.minute % 5, second=0, microsecond=0)
+    return t.replace(minute=t.minute - t.minute % every, second=0, microsecond=0)
