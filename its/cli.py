@@ -76,6 +76,18 @@ def _engine(settings: Settings):  # noqa: ANN202 - an sqlalchemy Engine
     return make_engine(settings.resolved_database_url)
 
 
+def _migrated_store(settings: Settings):  # noqa: ANN202 - (Engine, Network)
+    """The engine and road network every long-running component starts from: the schema is
+    migrated and the network loaded where none is, so any component can be started first."""
+    from its.db import migrate
+    from its.network import load_network
+
+    engine = _engine(settings)
+    network = load_network(settings.network_file)
+    migrate.upgrade_and_seed(engine, network)
+    return engine, network
+
+
 # --------------------------------------------------------------------------- db
 
 
@@ -140,14 +152,11 @@ def ingest_cmd(
     pending batch and exits cleanly.
     """
     from ingest.service import run_ingest
-    from its.db import migrate
-    from its.network import load_network
 
     _setup_logging()
     settings = _settings()
     endpoint = _require_broker(settings)
-    engine = _engine(settings)
-    migrate.upgrade_and_seed(engine, load_network(settings.network_file))
+    engine, _network = _migrated_store(settings)
     stop = _stop_on_signals()
     stats = run_ingest(settings, endpoint, stop, engine=engine, client_id=client_id)
     typer.echo(
@@ -198,15 +207,11 @@ def _check_port_free(host: str, port: int) -> None:
 @app.command("web")
 def web_cmd() -> None:
     """Serve the API under /api/v1 (OpenAPI at /docs) and the operator dashboard at /."""
-    from its.db import migrate
-    from its.network import load_network
 
     _setup_logging()
     settings = _settings()
     _check_port_free(settings.web_host, settings.web_port)
-    engine = _engine(settings)
-    network = load_network(settings.network_file)
-    migrate.upgrade_and_seed(engine, network)
+    engine, network = _migrated_store(settings)
     server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
     typer.echo(f"dashboard: http://{settings.web_host}:{settings.web_port}/")
     server.run()
@@ -273,16 +278,12 @@ def up_cmd(
     from ingest.broker import EmbeddedBroker
     from ingest.service import run_ingest
     from its.alerts.evaluator import run_evaluator
-    from its.db import migrate
     from its.db.engine import detect_backend
-    from its.network import load_network
 
     _setup_logging()
     settings = _settings()
     _check_port_free(settings.web_host, settings.web_port)
-    engine = _engine(settings)
-    network = load_network(settings.network_file)
-    migrate.upgrade_and_seed(engine, network)
+    engine, network = _migrated_store(settings)
     log.info("store: %s (%s)", engine.url.render_as_string(), detect_backend(engine).value)
 
     broker = None
@@ -361,8 +362,6 @@ def alerts_cmd(
     """
     from its.alerts.config import AlertSettings
     from its.alerts.evaluator import run_evaluator
-    from its.db import migrate
-    from its.network import load_network
 
     _setup_logging()
     settings = _settings()
@@ -370,9 +369,7 @@ def alerts_cmd(
         alert_settings = AlertSettings()
     except Exception as exc:  # pydantic's ValidationError names the bad variable
         raise typer.BadParameter(f"invalid ITS_ALERT_ settings: {exc}") from None
-    engine = _engine(settings)
-    network = load_network(settings.network_file)
-    migrate.upgrade_and_seed(engine, network)
+    engine, network = _migrated_store(settings)
     publish, close_publisher = None, None
     if settings.mqtt_endpoint is not None:
         publish, close_publisher = _alert_publisher(settings, settings.mqtt_endpoint)

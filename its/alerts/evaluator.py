@@ -245,18 +245,7 @@ class Evaluator:
         # Station offline: checked every step (seconds matter), raised and cleared at data time.
         for sid, (reason, last_seen) in sorted(offline.items()):
             if (STATION_OFFLINE, sid) not in active:
-                result.changes.append(
-                    store.raise_or_repeat(
-                        conn,
-                        STATION_OFFLINE,
-                        sid,
-                        "major",
-                        offline_message(sid, reason, last_seen),
-                        {"reason": reason, "last_seen": store.iso(last_seen)},
-                        at,
-                        target_kind="station",
-                    )
-                )
+                result.changes.append(_raise_offline(conn, sid, reason, last_seen, at))
         for (rule, sid), _alert in sorted(active.items()):
             if rule == STATION_OFFLINE and sid not in offline:
                 change = store.clear(conn, STATION_OFFLINE, sid, at, {"reason": "data flows"})
@@ -269,16 +258,7 @@ class Evaluator:
             if result.buckets:
                 for sid, (reason, last_seen) in offline.items():
                     if (STATION_OFFLINE, sid) in active:
-                        store.raise_or_repeat(
-                            conn,
-                            STATION_OFFLINE,
-                            sid,
-                            "major",
-                            offline_message(sid, reason, last_seen),
-                            {"reason": reason, "last_seen": store.iso(last_seen)},
-                            at,
-                            target_kind="station",
-                        )
+                        _raise_offline(conn, sid, reason, last_seen, at)
         return result
 
     def _offline_stations(
@@ -407,6 +387,22 @@ class Evaluator:
                 rule_state.save(conn, CONGESTION, sid, s.to_json(), now)
         rule_state.save_progress(conn, end, now)
         result.evaluated_until = end
+
+
+def _raise_offline(
+    conn: Connection, station_id: str, reason: str, last_seen: datetime | None, at: datetime
+) -> store.Change:
+    """Raise the station-offline alert, or count one more interval of it (a repeat)."""
+    return store.raise_or_repeat(
+        conn,
+        STATION_OFFLINE,
+        station_id,
+        "major",
+        offline_message(station_id, reason, last_seen),
+        {"reason": reason, "last_seen": store.iso(last_seen)},
+        at,
+        target_kind="station",
+    )
 
 
 def run_evaluator(
