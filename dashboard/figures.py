@@ -68,12 +68,20 @@ GRID = "#2a3746"
 FONT = {"family": "Inter, Segoe UI, Roboto, Helvetica, Arial, sans-serif", "color": INK, "size": 15}
 
 Bounds = tuple[float, float, float, float]  # min_lon, min_lat, max_lon, max_lat
-# Offline styles of our own: a MapLibre style with a background layer only (no sources, no glyphs).
+# Offline styles of our own: a MapLibre style with a background layer and nothing to fetch, shaped
+# like Plotly's built-in ``white-bg`` (an ``id``, a ``glyphs`` URL that nothing uses since no text
+# is drawn). ``sources`` holds one empty inline GeoJSON source: an empty ``{}`` is pruned on its way
+# through Dash and Plotly, and MapLibre then rejects the style on the next update ("Map error:
+# missing required property sources"), which froze the live map after its first draw.
 OFFLINE_STYLES: dict[str, dict[str, Any]] = {
     "dark-bg": {
+        "id": "dark-bg",
         "version": 8,
-        "sources": {},
+        "sources": {
+            "its-empty": {"type": "geojson", "data": {"type": "FeatureCollection", "features": []}}
+        },
         "layers": [{"id": "bg", "type": "background", "paint": {"background-color": "#1c2733"}}],
+        "glyphs": "https://fonts.openmaptiles.org/{fontstack}/{range}.pbf",
     },
 }
 HOVER_STEP_DEG = 0.0008  # about 90 m: hover/click points along each drawn line

@@ -196,6 +196,8 @@ def _check_port_free(host: str, port: int) -> None:
     import socket
 
     with socket.socket() as s:
+        # as uvicorn binds: connections of a just-stopped server in TIME_WAIT do not count
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

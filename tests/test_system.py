@@ -26,6 +26,10 @@ from sim.scenario import demo_segment
 from tests.browser import click, wait_until
 from tests.conftest import wait_for
 
+MAP_HOVER_JS = f"""
+const gd = document.querySelector('#{ids.map_graph} .js-plotly-plot');
+return gd && gd.data ? JSON.stringify(gd.data.map(t => t.hovertext)) : null;
+"""
 SPEED = "240"  # 4 simulated minutes per second: the demo incident congests within seconds
 
 
@@ -111,6 +115,11 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
         60,
         "the map to render",
     )
+    # The live map keeps redrawing (a MapLibre style error once froze it after its first draw).
+    drawn = browser.execute_script(MAP_HOVER_JS)
+    wait_until(browser, lambda d: d.execute_script(MAP_HOVER_JS) != drawn, 30, "the map to redraw")
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
     row = f"#{ids.alert_item(alert['id'])}"
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), 60, "the alert row")
     browser.find_element(By.ID, ids.operator).send_keys("dewi")
