@@ -180,7 +180,12 @@ def test_offline_base_map_by_default_and_raster_layer_when_configured(network: N
     (layer,) = tiled.layout.map.layers
     assert layer.sourcetype == "raster" and list(layer.source) == [url]
     dark = figures.network_map_figure(state, map_style="dark-bg").layout.map.style
-    assert dark["sources"] == {} and dark["layers"][0]["type"] == "background"  # offline
+    # offline: a background layer, and only inline sources (nothing with a URL to fetch)
+    assert dark["layers"][0]["type"] == "background"
+    assert dark["sources"] and all(
+        src["type"] == "geojson" and isinstance(src["data"], dict)
+        for src in dark["sources"].values()
+    )
 
 
 def test_lines_get_hover_points_along_them_keeping_their_vertices() -> None:
