@@ -207,11 +207,19 @@ class Pipeline:
     def run(
         self, messages: Iterable[Message | None], stop: Callable[[], bool] = lambda: False
     ) -> IngestStats:
-        """Consume ``messages`` until they end or ``stop()``; the last batch is always flushed."""
+        """Consume ``messages`` until they end or ``stop()``; the last batch is always flushed.
+
+        ``None`` from the source means "nothing arrived for a tick": with
+        ``ingest_idle_flush_s`` set, the batch is then written at once rather than when its time
+        is up. Acks go out only after the commit, so a broker that
+        limits unacknowledged messages per subscriber (Mosquitto's ``max_inflight_messages``,
+        ``max_queued_messages``) stops sending until they do; waiting out the batch time then
+        would idle both sides."""
         for msg in messages:
             if msg is not None:
                 self.handle(msg)
-            if self.due():
+            idle = msg is None and self.settings.ingest_idle_flush_s > 0
+            if self.due() or (idle and self._batch.started is not None):
                 self.flush(stop)
             if stop():
                 break

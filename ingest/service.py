@@ -75,7 +75,9 @@ class MqttSource:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def messages(self, stop: threading.Event, tick: float = 0.1) -> Iterator[Message | None]:
+    def messages(self, stop: threading.Event, tick: float = 0.02) -> Iterator[Message | None]:
+        """Messages as they arrive, and ``None`` after ``tick`` seconds without one (an idle
+        source: the pipeline writes and acks its batch then)."""
         while not stop.is_set():
             try:
                 yield self.queue.get(timeout=tick)
@@ -140,8 +142,10 @@ def run_ingest(
         source.subscribed.wait(10)
         ready.set()
 
+    tick = settings.ingest_idle_flush_s or 0.1
+
     def ticking() -> Iterator[Message | None]:
-        for item in source.messages(stop):
+        for item in source.messages(stop, tick=tick):
             yield item
             reporter.maybe()
 

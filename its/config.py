@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     )
     ingest_batch_size: int = Field(1000, ge=1, le=100_000)
     ingest_batch_seconds: float = Field(0.5, gt=0, le=60)
+    ingest_idle_flush_s: float = Field(
+        0.02,
+        ge=0,
+        le=60,
+        description="Write the batch once no message arrived for this long (0: only by size "
+        "and time). Acks follow the commit, and brokers stop sending until they arrive.",
+    )
     ingest_share_group: str | None = Field(
         None, description="MQTT shared-subscription group, e.g. its-ingest, for several workers."
     )

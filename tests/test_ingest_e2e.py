@@ -133,6 +133,7 @@ def test_its_ingest_flushes_on_sigterm(
         "ITS_TOPIC_PREFIX": topic_prefix,
         "ITS_DATA_DIR": str(tmp_path),
         "ITS_INGEST_BATCH_SECONDS": "30",  # only the shutdown flush can write these
+        "ITS_INGEST_IDLE_FLUSH_S": "0",
         "ITS_INGEST_CLIENT_ID": f"sigterm-{uuid.uuid4().hex[:8]}",
     }
     proc = subprocess.Popen(

@@ -126,3 +126,25 @@ def test_write_errors_are_retried_not_acked(engine: Engine) -> None:
     stats = pipeline.run([msg])
     assert calls["n"] == 3 and stats.write_errors == 2
     assert acked == [True] and _count(engine, schema.readings) == 4
+
+
+def test_an_idle_source_gets_its_batch_written_and_acked_at_once(engine: Engine) -> None:
+    """``None`` (nothing arrived for a tick) writes the batch without waiting for its time, so a
+    broker that holds back messages until the previous ones are acked is not left waiting."""
+    acked: list[int] = []
+    seen: list[tuple[int, int]] = []
+
+    def source(first: int):  # noqa: ANN202 - three messages, then an idle tick
+        for i in range(first, first + 3):
+            topic = f"{P}/stations/JKT-SDR-N-001/obs"
+            yield Message(topic, dumps(obs(i=i)), ack=lambda i=i: acked.append(i))
+        yield None
+        seen.append((_count(engine, schema.readings), len(acked)))
+
+    _pipeline(engine, ingest_batch_seconds=60).run(source(0))
+    assert seen == [(12, 3)]  # written and acked before the source was asked again
+
+    seen.clear()
+    _pipeline(engine, ingest_batch_seconds=60, ingest_idle_flush_s=0).run(source(10))
+    assert seen == [(12, 3)]  # idle flushing off: nothing new written or acked until the end
+    assert _count(engine, schema.readings) == 24 and acked == [0, 1, 2, 10, 11, 12]
