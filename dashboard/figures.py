@@ -313,20 +313,25 @@ def network_map_figure(
         clickmode="event",
     )
     if state.get("data_time") is None:
-        fig.add_annotation(
-            text="No traffic data yet",
-            xref="paper",
-            yref="paper",
-            x=0.5,
-            y=0.5,
-            showarrow=False,
-            font={"size": 26, "color": MUTED},
-            bgcolor="rgba(17,26,36,0.85)",
-        )
+        _centred_note(fig, "No traffic data yet", size=26, bgcolor="rgba(17,26,36,0.85)")
     return fig
 
 
 # --------------------------------------------------------------------------- segment chart
+
+
+def _centred_note(fig: go.Figure, text: str, size: int = 18, **style: Any) -> None:
+    """A muted message in the middle of a figure: how "no data" is said, never drawn as 0."""
+    fig.add_annotation(
+        text=text,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font={"size": size, "color": MUTED},
+        **style,
+    )
 
 
 def _placeholder(message: str) -> go.Figure:
@@ -339,15 +344,7 @@ def _placeholder(message: str) -> go.Figure:
         xaxis={"visible": False},
         yaxis={"visible": False},
     )
-    fig.add_annotation(
-        text=message,
-        xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.5,
-        showarrow=False,
-        font={"size": 18, "color": MUTED},
-    )
+    _centred_note(fig, message)
     return fig
 
 
@@ -467,13 +464,5 @@ def segment_series_figure(
     fig.update_yaxes(title_text="speed km/h", row=1, col=1)
     fig.update_yaxes(title_text="flow veh/h", row=2, col=1)
     if not any(v is not None for v in speed + flow):
-        fig.add_annotation(
-            text="no data in the last 2 hours",
-            xref="paper",
-            yref="paper",
-            x=0.5,
-            y=0.5,
-            showarrow=False,
-            font={"size": 18, "color": MUTED},
-        )
+        _centred_note(fig, "no data in the last 2 hours")
     return fig

@@ -55,9 +55,7 @@ def live_view(d: Dashboard, wall_now: datetime | None = None) -> LiveView:
     """The map, KPI cards and "last updated" line of one refresh, all at one data time."""
     s = d.settings
     with d.engine.connect() as conn:
-        clock = traffic.data_clock(conn)
-        state = live.network_state(conn, d.network, now=clock, stale_after_s=s.stale_after_s)
-        health = live.station_health(conn, d.network, now=clock, stale_after_s=s.stale_after_s)
+        state, health = live.snapshot(conn, d.network, stale_after_s=s.stale_after_s)
     kpis = live.kpis_from(state["features"], health, state["data_time"])
     fig = figures.network_map_figure(
         state,

@@ -23,7 +23,10 @@ HOST = "127.0.0.1"
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen on ``port`` now. Servers here (asyncio, uvicorn) bind with
+    SO_REUSEADDR, so connections of a just-stopped server in TIME_WAIT do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

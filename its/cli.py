@@ -193,17 +193,12 @@ def _web_server(settings: Settings, web_app):  # noqa: ANN001, ANN202 - a uvicor
 
 
 def _check_port_free(host: str, port: int) -> None:
-    import socket
+    from ingest.broker import port_is_free
 
-    with socket.socket() as s:
-        # as uvicorn binds: connections of a just-stopped server in TIME_WAIT do not count
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            raise typer.BadParameter(
-                f"port {port} on {host} is in use: stop what holds it or set ITS_WEB_PORT"
-            ) from None
+    if not port_is_free(port, host):
+        raise typer.BadParameter(
+            f"port {port} on {host} is in use: stop what holds it or set ITS_WEB_PORT"
+        )
 
 
 @app.command("web")

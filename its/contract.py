@@ -251,8 +251,9 @@ def parse_state(payload: bytes) -> StationState:
         raise PayloadError(_explain(exc)) from None
 
 
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def iso(ts: datetime | None) -> str | None:
+    """A time as the wire contract and the API write it: UTC, ISO 8601, ``...Z``; None stays."""
+    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def observation_dict(obs: Observation) -> dict[str, Any]:
@@ -260,7 +261,7 @@ def observation_dict(obs: Observation) -> dict[str, Any]:
     return {
         "v": CONTRACT_VERSION,
         "station_id": obs.station_id,
-        "interval_start": _iso(obs.interval_start),
+        "interval_start": iso(obs.interval_start),
         "period_s": obs.period_s,
         "lanes": [r.model_dump() for r in obs.lanes],
         "status": obs.status,
@@ -278,5 +279,5 @@ def serialise_gateway_batch(observations: list[Observation]) -> bytes:
 def serialise_state(state: Literal["online", "offline"], at: datetime | None = None) -> bytes:
     body: dict[str, Any] = {"state": state}
     if at is not None:
-        body["at"] = _iso(at)
+        body["at"] = iso(at)
     return orjson.dumps(body)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from selenium.webdriver.common.by import By
 from sqlalchemy.engine import Engine
 
 from dashboard.ids import ids
+from ingest.broker import free_port
 from its.alerts import store
 from its.cli import build_web_app
 from its.config import Settings
@@ -134,18 +134,12 @@ def populate(engine: Engine, network: Network, end: datetime) -> dict[str, Any]:
 # --------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(settings: Settings, pg_engine: Engine, network: Network) -> Iterator[str]:
     """The app on uvicorn in a thread; yields its base URL and stops it afterwards."""
     settings = settings.model_copy(update={"refresh_seconds": 2.0})
     app = build_web_app(settings, engine=pg_engine, network=network)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-dashboard", daemon=True)

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
+from its.contract import iso
 from its.network import Network
 from its.service import live, traffic
 from tests.traffic_helpers import aligned, seed
@@ -140,7 +141,7 @@ def test_network_state_bands_staleness_and_kpis(engine: Engine, network: Network
     series = None
     with engine.connect() as conn:
         series = live.segment_series(conn, network, jam.segment_id, t0, t0 + timedelta(hours=1))
-    assert [p["bucket_start"] for p in series][:1] == [traffic.iso(t0)]
+    assert [p["bucket_start"] for p in series][:1] == [iso(t0)]
     assert len(series) == 3
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from selenium.webdriver.common.by import By
 from sqlalchemy import select
 
 from dashboard.ids import ids
+from ingest.broker import free_port
 from its.db import schema
 from its.db.engine import make_engine
 from its.network import Network
@@ -33,16 +33,10 @@ return gd && gd.data ? JSON.stringify(gd.data.map(t => t.hovertext)) : null;
 SPEED = "240"  # 4 simulated minutes per second: the demo incident congests within seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def its_up(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
     """``its up`` in its own process, as ``make run`` runs it, on a fresh data directory."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ITS_")}
     env.update(
         ITS_DATA_DIR=str(tmp_path / "var"),

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine, make_url
 
+from its.contract import iso
 from its.db import migrate, schema
 from its.db.engine import Backend, detect_backend, make_engine
 from its.db.timebucket import time_bucket
@@ -487,7 +488,7 @@ def test_service_layer_agrees_with_postgresql_and_sqlite(
     }
     assert any(r.pct_observed < 100 for r in ts[("segment", 300)])
     props = [f["properties"] for f in ts["network_state"]["features"]]
-    assert ts["network_state"]["data_time"] == traffic.iso(SVC_END)
+    assert ts["network_state"]["data_time"] == iso(SVC_END)
     assert {p["band"] for p in props} >= {"jammed", "free", "no-data"}
     assert {p["stale"] for p in props} == {True, False}
 

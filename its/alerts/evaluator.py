@@ -48,7 +48,7 @@ from its.alerts.rules import (
     offline_reason,
 )
 from its.config import Settings
-from its.contract import AlertTopic
+from its.contract import AlertTopic, iso
 from its.db import schema
 from its.network import Network
 from its.service.traffic import data_clock, segment_buckets, station_last_seen, station_states
@@ -358,7 +358,7 @@ class Evaluator:
                 states[sid] = new
                 details = {
                     **decision.details,
-                    "bucket_start": store.iso(bucket),
+                    "bucket_start": iso(bucket),
                     "pct_observed": None if si is None else round(si.pct_observed, 1),
                 }
                 if decision.action in ("raise", "repeat"):
@@ -399,7 +399,7 @@ def _raise_offline(
         station_id,
         "major",
         offline_message(station_id, reason, last_seen),
-        {"reason": reason, "last_seen": store.iso(last_seen)},
+        {"reason": reason, "last_seen": iso(last_seen)},
         at,
         target_kind="station",
     )

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
+from its.contract import iso
 from its.db import schema
 from its.errors import ConflictError, NotFoundError, QueryError
 
@@ -30,10 +31,6 @@ MAX_LIMIT = 1000
 
 State = Literal["active", "cleared", "unacknowledged", "all"]
 Event = Literal["raised", "repeated", "severity", "cleared", "acknowledged"]
-
-
-def iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

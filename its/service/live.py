@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from its import metrics
+from its.contract import iso
 from its.errors import NotFoundError
 from its.network import Network, Segment
 from its.service import traffic
-from its.service.traffic import iso
+from its.service.traffic import round_or_none
 
 LIVE_WINDOW = timedelta(minutes=5)
 HEALTH_LOOKBACK = timedelta(hours=1)
@@ -28,10 +29,6 @@ HEALTH_STATES = ("ok", "offline", "no-data")
 
 def _clock(conn: Connection, now: datetime | None) -> datetime | None:
     return now if now is not None else traffic.data_clock(conn)
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def segment_properties(
@@ -52,12 +49,12 @@ def segment_properties(
         "road_class": seg.road_class,
         "length_km": round(seg.length_km, 3),
         "free_flow_kph": seg.free_flow_kph,
-        "speed_kph": _round(speed),
-        "flow_vph": _round(live.flow_vph if live else None),
-        "occupancy": _round(live.occupancy if live else None, 4),
-        "pct_observed": _round(live.pct_observed if live else None),
+        "speed_kph": round_or_none(speed),
+        "flow_vph": round_or_none(live.flow_vph if live else None),
+        "occupancy": round_or_none(live.occupancy if live else None, 4),
+        "pct_observed": round_or_none(live.pct_observed if live else None),
         "band": band,
-        "tti": _round(metrics.tti(speed, seg.free_flow_kph), 2),
+        "tti": round_or_none(metrics.tti(speed, seg.free_flow_kph), 2),
         "observed_at": iso(observed_at),
         "stale": stale,
     }
@@ -72,22 +69,25 @@ def _segment_observed(network: Network, last_seen: dict[str, datetime]) -> dict[
     return out
 
 
-def network_state(
+def _recent_last_seen(conn: Connection, clock: datetime | None) -> dict[str, datetime]:
+    """Each station's newest interval end within the last hour of data time."""
+    if clock is None:
+        return {}
+    return traffic.station_last_seen(conn, since=clock - HEALTH_LOOKBACK, until=clock)
+
+
+def _features(
     conn: Connection,
     network: Network,
-    *,
-    now: datetime | None = None,
-    stale_after_s: int = 180,
-    preset: str = "ratio",
-) -> dict[str, Any]:
-    """GeoJSON FeatureCollection of the segments with their live state in ``properties``."""
-    clock = _clock(conn, now)
+    clock: datetime | None,
+    seen: dict[str, datetime],
+    stale_after_s: int,
+    preset: str,
+) -> list[dict[str, Any]]:
     live: dict[str, traffic.Interval] = {}
-    observed: dict[str, datetime] = {}
     if clock is not None:
         live = traffic.window(conn, network, "segment", clock - LIVE_WINDOW, clock)
-        seen = traffic.station_last_seen(conn, since=clock - HEALTH_LOOKBACK, until=clock)
-        observed = _segment_observed(network, seen)
+    observed = _segment_observed(network, seen)
     stale_before = clock - timedelta(seconds=stale_after_s) if clock else None
     features = []
     for seg in network.segments:
@@ -102,24 +102,12 @@ def network_state(
                 "properties": props,
             }
         )
-    return {"type": "FeatureCollection", "data_time": iso(clock), "features": features}
+    return features
 
 
-def station_health(
-    conn: Connection,
-    network: Network,
-    *,
-    now: datetime | None = None,
-    stale_after_s: int = 180,
+def _healths(
+    conn: Connection, network: Network, clock: datetime | None, seen: dict[str, datetime]
 ) -> list[dict[str, Any]]:
-    """Each station's health: ok, offline (Last Will or silent for 3 periods) or no-data.
-
-    ``stale_after_s`` is accepted for symmetry with the other live views; a station's own health
-    uses its period, as the offline alert does."""
-    clock = _clock(conn, now)
-    seen = (
-        traffic.station_last_seen(conn, since=clock - HEALTH_LOOKBACK, until=clock) if clock else {}
-    )
     states = traffic.station_states(conn)
     out = []
     for st in network.stations:
@@ -137,6 +125,53 @@ def station_health(
             }
         )
     return out
+
+
+def network_state(
+    conn: Connection,
+    network: Network,
+    *,
+    now: datetime | None = None,
+    stale_after_s: int = 180,
+    preset: str = "ratio",
+) -> dict[str, Any]:
+    """GeoJSON FeatureCollection of the segments with their live state in ``properties``."""
+    clock = _clock(conn, now)
+    seen = _recent_last_seen(conn, clock)
+    features = _features(conn, network, clock, seen, stale_after_s, preset)
+    return {"type": "FeatureCollection", "data_time": iso(clock), "features": features}
+
+
+def station_health(
+    conn: Connection,
+    network: Network,
+    *,
+    now: datetime | None = None,
+    stale_after_s: int = 180,
+) -> list[dict[str, Any]]:
+    """Each station's health: ok, offline (Last Will or silent for 3 periods) or no-data.
+
+    ``stale_after_s`` is accepted for symmetry with the other live views; a station's own health
+    uses its period, as the offline alert does."""
+    clock = _clock(conn, now)
+    return _healths(conn, network, clock, _recent_last_seen(conn, clock))
+
+
+def snapshot(
+    conn: Connection,
+    network: Network,
+    *,
+    now: datetime | None = None,
+    stale_after_s: int = 180,
+    preset: str = "ratio",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`network_state` and :func:`station_health` at one data time, reading the clock and
+    the stations' last readings once: what one dashboard refresh or the KPI cards need."""
+    clock = _clock(conn, now)
+    seen = _recent_last_seen(conn, clock)
+    features = _features(conn, network, clock, seen, stale_after_s, preset)
+    state = {"type": "FeatureCollection", "data_time": iso(clock), "features": features}
+    return state, _healths(conn, network, clock, seen)
 
 
 def _health(last: datetime | None, state: str, clock: datetime | None) -> str:
@@ -192,9 +227,7 @@ def kpis(
     stale_after_s: int = 180,
 ) -> dict[str, Any]:
     """Network mean speed, total flow, congested km and station counts."""
-    clock = _clock(conn, now)
-    state = network_state(conn, network, now=clock, stale_after_s=stale_after_s)
-    health = station_health(conn, network, now=clock, stale_after_s=stale_after_s)
+    state, health = snapshot(conn, network, now=now, stale_after_s=stale_after_s)
     return kpis_from(state["features"], health, state["data_time"])
 
 
@@ -214,4 +247,4 @@ def segment_series(
     rows = traffic.aggregate(
         conn, network, "segment", start, end, bucket_s, target_ids=[segment_id]
     )
-    return [{k: v for k, v in r.to_dict().items() if k != "id"} for r in rows]
+    return [r.to_point() for r in rows]

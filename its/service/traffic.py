@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.engine import Connection
 
+from its.contract import iso
 from its.db import schema
 from its.db.timebucket import time_bucket
 from its.network import Network
@@ -69,15 +70,19 @@ class Interval:
     occupancy: float | None
     pct_observed: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_point(self) -> dict[str, Any]:
+        """The JSON form of one point of a series (the target is implied)."""
         return {
-            "id": self.target_id,
             "bucket_start": iso(self.bucket_start),
-            "speed_kph": _round(self.speed_kph),
-            "flow_vph": _round(self.flow_vph),
-            "occupancy": _round(self.occupancy, 4),
+            "speed_kph": round_or_none(self.speed_kph),
+            "flow_vph": round_or_none(self.flow_vph),
+            "occupancy": round_or_none(self.occupancy, 4),
             "pct_observed": round(self.pct_observed, 1),
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of one aggregate row, with the target's id."""
+        return {"id": self.target_id, **self.to_point()}
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,8 @@ class SegmentInterval:
     pct_observed: float
 
 
-def iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
+def round_or_none(value: float | None, digits: int = 1) -> float | None:
+    """Round for display; a missing value stays missing (None, never 0)."""
     return None if value is None else round(value, digits)
 
 

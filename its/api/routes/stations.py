@@ -57,7 +57,7 @@ def station_series(
     rows = traffic.aggregate(
         conn, network, "station", start, end, bucket.seconds, target_ids=[station_id]
     )
-    points = [{k: v for k, v in r.to_dict().items() if k != "id"} for r in rows]
+    points = [r.to_point() for r in rows]
     return {
         "station_id": station_id,
         "bucket": bucket.value,
