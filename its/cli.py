@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
 
 log = logging.getLogger("its")
+STOP_TIMEOUT_S = 30.0  # how long `its up` waits for its components to finish after Ctrl-C
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -188,6 +190,8 @@ def _web_server(settings: Settings, web_app):  # noqa: ANN001, ANN202 - a uvicor
         port=settings.web_port,
         log_level="warning",
         access_log=False,
+        # a browser tab holding a connection open must not keep the process from stopping
+        timeout_graceful_shutdown=5,
     )
     return uvicorn.Server(config)
 
@@ -329,8 +333,12 @@ def up_cmd(
         )
     stop.wait()
     server.should_exit = True
+    deadline = time.monotonic() + STOP_TIMEOUT_S  # one budget for all, not one each
     for c in components:
-        c.join(timeout=30)
+        c.join(timeout=max(deadline - time.monotonic(), 0.0))
+    stuck = [c.name for c in components if c.is_alive()]
+    if stuck:
+        log.warning("not stopped after %.0f s, leaving them: %s", STOP_TIMEOUT_S, ", ".join(stuck))
     close_publisher()
     if broker is not None:
         broker.stop()

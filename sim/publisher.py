@@ -176,8 +176,10 @@ def _shutdown(links: list[StationLink], timeout: float = 10.0) -> None:
         link.disconnect()
     if links:
         links[0].loop.wake()
+    # one deadline for all: a broker that stops answering must not cost 5 s per station
+    deadline = time.monotonic() + timeout
     for link in links:
-        link.close()
+        link.close(timeout=max(deadline - time.monotonic(), 0.0))
 
 
 def _connect_all(links: list[StationLink], stop: threading.Event) -> None:

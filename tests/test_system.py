@@ -130,7 +130,11 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
     engine.dispose()
 
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0, output.read_text()[-3000:]
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"its up still running 60 s after SIGINT:\n{output.read_text()[-3000:]}")
+    assert code == 0, output.read_text()[-3000:]
     text = output.read_text()
     assert "dashboard: http://127.0.0.1:" in text
     assert "stopped" in text
