@@ -3,7 +3,19 @@
 It takes any iterable of :class:`Message` (``None`` items are ticks that let a time-bounded batch
 flush while the broker is quiet), so tests feed it directly and the MQTT source is one small
 adapter (:mod:`ingest.service`). Nothing a sender does stops it: what cannot be used goes to the
-dead-letter store with the reason.
+dead-letter store with the reason, one dead letter per message.
+
+What may go wrong, and what happens:
+
+- the message breaks the contract (topic, size, JSON, schema, unknown station): a dead letter
+  with the reason;
+- anything else raised while validating one message (a bug): a dead letter
+  ``internal error: ...``, logged with its traceback; the next message is read as usual;
+- the store is unreachable or failing (connection, locks, a missing table): the batch is kept,
+  unacked, and retried with backoff;
+- the store refuses the batch's data (an integrity or data error): the batch is written again
+  one message at a time, and a message the store still refuses becomes a dead letter, so one
+  such row cannot block ingest by being retried for ever (a "poison batch").
 """
 
 from __future__ import annotations
@@ -15,16 +27,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from ingest.directory import StationDirectory
 from its.config import Settings
 from its.contract import (
     GatewayObsTopic,
     Observation,
+    RejectedItem,
     StationObsTopic,
     StationStateTopic,
+    observation_dict,
     parse_gateway_batch,
     parse_observation,
     parse_state,
@@ -37,18 +52,31 @@ from its.db.writes import (
     reading_rows,
     upsert_station_status,
 )
-from its.errors import ContractError, PayloadError
+from its.errors import ContractError, PayloadError, TopicError
 
 log = logging.getLogger(__name__)
 
 
+GATEWAY_REASONS_SHOWN = 10  # bad items a gateway dead letter's reason names one by one
+
+
 @dataclass(frozen=True)
 class Message:
-    """One MQTT message; ``ack`` is called once it is safely stored (None for QoS 0 or tests)."""
+    """One MQTT message; ``ack`` is called once it is safely stored (None for QoS 0 or tests).
 
-    topic: str
+    ``topic`` is bytes only when it was not valid UTF-8 (the MQTT source passes it raw so that it
+    is dead-lettered rather than lost)."""
+
+    topic: str | bytes
     payload: bytes
     ack: Callable[[], None] | None = None
+
+    @property
+    def topic_text(self) -> str:
+        """The topic as text, whatever it was: for logs and dead letters."""
+        if isinstance(self.topic, bytes):
+            return self.topic.decode("utf-8", "backslashreplace")
+        return self.topic
 
 
 @dataclass
@@ -60,6 +88,8 @@ class IngestStats:
     states: int = 0
     batches: int = 0
     write_errors: int = 0
+    internal_errors: int = 0
+    rejected_batches: int = 0
 
 
 @dataclass
@@ -67,12 +97,34 @@ class _Batch:
     rows: list[dict[str, Any]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     states: list[tuple[str, str, datetime | None, datetime]] = field(default_factory=list)
-    acks: list[Callable[[], None]] = field(default_factory=list)
+    # kept so that a batch the store refuses can be written again one message at a time
+    messages: list[Message] = field(default_factory=list)
     started: float | None = None
 
     @property
     def size(self) -> int:
         return len(self.rows) + len(self.dead) + len(self.states)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a write failed because of the store (retry the batch as it is) rather than
+    because of the data in it (find the message at fault).
+
+    Integrity and data errors (SQLSTATE classes 23 and 22), and errors raised while converting a
+    value before it reached the database, are the data's. Everything else from the database
+    (connection lost, server shutting down, locks, a missing table or permission) is the
+    store's: writing the same rows later may well succeed, and dead-lettering them would not
+    help."""
+    if isinstance(exc, IntegrityError | DataError):
+        return False
+    if isinstance(exc, DBAPIError):
+        return True
+    return isinstance(exc, SQLAlchemyError) and not isinstance(exc, StatementError)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:300]
 
 
 class Pipeline:
@@ -89,7 +141,7 @@ class Pipeline:
     ) -> None:
         self.engine = engine
         self.settings = settings
-        self.directory = directory or StationDirectory(engine)
+        self.directory = directory or StationDirectory(engine, retry_delays=retry_delays)
         self.clock = clock
         self.stats = IngestStats()
         self._retry_delays = retry_delays
@@ -98,32 +150,57 @@ class Pipeline:
     # ------------------------------------------------------------------ routing
 
     def handle(self, msg: Message) -> None:
-        """Validate one message into the current batch."""
+        """Validate one message into the current batch. Nothing in the message can make this
+        raise; a database error while reading the station list propagates only before the
+        list was ever loaded (:meth:`run` loads it first)."""
         self.stats.messages += 1
-        now = self.clock()
-        if self._batch.started is None:
-            self._batch.started = time.monotonic()
-        if msg.ack is not None:
-            self._batch.acks.append(msg.ack)
-        try:
-            topic = parse_topic(self.settings.topic_prefix, msg.topic)
-            match topic:
-                case StationObsTopic():
-                    obs = parse_observation(
-                        msg.payload, now=now, max_future_s=self.settings.ingest_max_future_s
-                    )
-                    self._accept(obs, topic.station_id, now)
-                case GatewayObsTopic():
-                    self._gateway(msg, now)
-                case StationStateTopic():
-                    state = parse_state(msg.payload)
-                    self._batch.states.append((topic.station_id, state.state, state.at, now))
-                case _:
-                    raise ContractError(f"topic {msg.topic!r} is published by the platform")
-        except ContractError as exc:
-            self._dead(msg, str(exc), now)
+        b = self._batch
+        if b.started is None:
+            b.started = time.monotonic()
+        b.messages.append(msg)
+        self._route(msg, b, self.clock())
 
-    def _accept(self, obs: Observation, topic_station: str | None, now: datetime) -> None:
+    def _route(self, msg: Message, b: _Batch, now: datetime) -> None:
+        try:
+            self._validate(msg, b, now)
+        except ContractError as exc:
+            b.dead.append(self._dead_letter(msg, str(exc), now))
+        except SQLAlchemyError:
+            raise  # the store's trouble, not the message's: never a dead letter
+        except Exception as exc:  # noqa: BLE001 - one message must not stop ingest
+            self.stats.internal_errors += 1
+            log.exception("ingest: internal error on a message on %r", msg.topic_text[:200])
+            b.dead.append(self._dead_letter(msg, f"internal error: {_describe(exc)}", now))
+
+    def _validate(self, msg: Message, b: _Batch, now: datetime) -> None:
+        if isinstance(msg.topic, bytes):
+            raise TopicError("topic is not valid UTF-8")
+        limit = self.settings.mqtt_max_payload_bytes
+        if len(msg.payload) > limit:
+            raise PayloadError(
+                f"payload of {len(msg.payload):,} bytes exceeds the limit of {limit:,} bytes "
+                "(ITS_MQTT_MAX_PAYLOAD_BYTES)"
+            )
+        topic = parse_topic(self.settings.topic_prefix, msg.topic)
+        match topic:
+            case StationObsTopic():
+                obs = parse_observation(
+                    msg.payload, now=now, max_future_s=self.settings.ingest_max_future_s
+                )
+                self._accept(obs, topic.station_id, now, b)
+            case GatewayObsTopic():
+                self._gateway(msg, now, b)
+            case StationStateTopic():
+                state = parse_state(msg.payload)
+                if self.directory.lanes(topic.station_id) is None:
+                    raise PayloadError(f"unknown station {topic.station_id!r}")
+                b.states.append((topic.station_id, state.state, state.at, now))
+            case _:
+                raise TopicError(f"topic {msg.topic[:200]!r} is published by the platform")
+
+    def _accept(
+        self, obs: Observation, topic_station: str | None, now: datetime, b: _Batch
+    ) -> None:
         if topic_station is not None and obs.station_id != topic_station:
             raise PayloadError(
                 f"station_id {obs.station_id!r} does not match the topic's {topic_station!r}"
@@ -136,23 +213,47 @@ class Pipeline:
             raise PayloadError(
                 f"station {obs.station_id} has {lanes} lanes; got lane(s) {too_high}"
             )
-        self._batch.rows.extend(reading_rows(obs, now))
+        b.rows.extend(reading_rows(obs, now))
 
-    def _gateway(self, msg: Message, now: datetime) -> None:
+    def _gateway(self, msg: Message, now: datetime, b: _Batch) -> None:
+        """Good elements become readings; the bad ones, however many, make one dead letter
+        holding just them (its reason lists them), so memory and rows grow with the array,
+        not with its square."""
         items = parse_gateway_batch(
             msg.payload, now=now, max_future_s=self.settings.ingest_max_future_s
         )
+        bad: list[RejectedItem] = []
         for i, item in enumerate(items):
+            if isinstance(item, RejectedItem):
+                bad.append(item)
+                continue
             try:
-                if isinstance(item, PayloadError):
-                    raise item
-                self._accept(item, None, now)
+                self._accept(item, None, now, b)
             except PayloadError as exc:
-                reason = str(exc) if str(exc).startswith("[") else f"[{i}] {exc}"
-                self._dead(msg, reason, now)
+                bad.append(RejectedItem(i, str(exc), observation_dict(item)))
+        if bad:
+            b.dead.append(self._gateway_dead_letter(msg, bad, len(items), now))
 
-    def _dead(self, msg: Message, reason: str, now: datetime) -> None:
-        self._batch.dead.append(DeadLetter(msg.topic, msg.payload, reason, now))
+    def _gateway_dead_letter(
+        self, msg: Message, bad: list[RejectedItem], total: int, now: datetime
+    ) -> DeadLetter:
+        shown = "; ".join(str(r) for r in bad[:GATEWAY_REASONS_SHOWN])
+        more = len(bad) - GATEWAY_REASONS_SHOWN
+        reason = f"{len(bad)} of {total} gateway items rejected (payload: those items): {shown}"
+        if more > 0:
+            reason += f"; and {more} more"
+        try:
+            payload = orjson.dumps([r.item for r in bad])
+        except (TypeError, orjson.JSONEncodeError):  # cannot happen for parsed JSON; keep all
+            payload = msg.payload
+        return DeadLetter.bounded(
+            msg.topic_text, payload, reason, now, self.settings.dead_letter_max_bytes
+        )
+
+    def _dead_letter(self, msg: Message, reason: str, now: datetime) -> DeadLetter:
+        return DeadLetter.bounded(
+            msg.topic_text, msg.payload, reason, now, self.settings.dead_letter_max_bytes
+        )
 
     # ------------------------------------------------------------------ batching
 
@@ -165,17 +266,31 @@ class Pipeline:
         return time.monotonic() - b.started >= self.settings.ingest_batch_seconds
 
     def flush(self, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Write the batch in one transaction, then ack its messages. On a database error the
-        batch is kept (unacked) and retried with backoff; returns False if ``stop`` ended that."""
+        """Write the batch in one transaction, then ack its messages. On a failure of the store
+        the batch is kept (unacked) and retried with backoff; returns False if ``stop`` ended
+        that. When the store refuses the batch's data, it is written message by message."""
         b = self._batch
         if b.started is None:
             return True
+        try:
+            inserted = self._write_retrying(b, stop)
+        except Exception as exc:  # noqa: BLE001 - not transient: some message's data is at fault
+            return self._isolate(b, exc, stop)
+        if inserted is None:
+            return False
+        self._done(b, inserted)
+        self._batch = _Batch()
+        return True
+
+    def _write_retrying(self, b: _Batch, stop: Callable[[], bool]) -> int | None:
+        """Rows inserted; None when ``stop`` ended the retries. Non-transient errors raise."""
         attempt = 0
         while True:
             try:
-                inserted = self._write(b)
-                break
-            except SQLAlchemyError as exc:
+                return self._write(b)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 self.stats.write_errors += 1
                 delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
                 log.error(
@@ -184,17 +299,48 @@ class Pipeline:
                 log.debug("write error", exc_info=True)
                 attempt += 1
                 if stop() and attempt > 1:
-                    return False
+                    return None
                 time.sleep(delay)
-        for ack in b.acks:
-            ack()
+
+    def _isolate(self, b: _Batch, exc: BaseException, stop: Callable[[], bool]) -> bool:
+        """Write a refused batch one message at a time; each message the store still refuses
+        becomes a dead letter. Each message is acked as soon as its own write commits."""
+        self.stats.write_errors += 1
+        self.stats.rejected_batches += 1
+        log.error(
+            "ingest: the store refused a batch (%s); writing its %d messages one by one",
+            _describe(exc),
+            len(b.messages),
+        )
+        self.directory.invalidate()  # a station removed since the last reload, for instance
+        now = self.clock()
+        while b.messages:
+            msg = b.messages[0]
+            single = _Batch(messages=[msg])
+            self._route(msg, single, now)
+            try:
+                inserted = self._write_retrying(single, stop)
+            except Exception as refused:  # noqa: BLE001 - this message's data is at fault
+                log.error("ingest: the store refused a message: %s", _describe(refused))
+                reason = f"the store refused this message: {_describe(refused)}"
+                single = _Batch(messages=[msg], dead=[self._dead_letter(msg, reason, now)])
+                inserted = self._write_retrying(single, stop)  # a bounded, escaped dead letter
+            if inserted is None:
+                return False
+            self._done(single, inserted)
+            b.messages.pop(0)
+        self._batch = _Batch()
+        return True
+
+    def _done(self, b: _Batch, inserted: int) -> None:
+        for msg in b.messages:
+            if msg.ack is not None:
+                msg.ack()
         self.stats.readings_inserted += inserted
         self.stats.duplicates += len(b.rows) - inserted
         self.stats.dead_letters += len(b.dead)
         self.stats.states += len(b.states)
         self.stats.batches += 1
-        self._batch = _Batch()
-        return True
 
     def _write(self, b: _Batch) -> int:
         with self.engine.begin() as conn:
@@ -209,12 +355,14 @@ class Pipeline:
     ) -> IngestStats:
         """Consume ``messages`` until they end or ``stop()``; the last batch is always flushed.
 
-        ``None`` from the source means "nothing arrived for a tick": with
-        ``ingest_idle_flush_s`` set, the batch is then written at once rather than when its time
-        is up. Acks go out only after the commit, so a broker that
-        limits unacknowledged messages per subscriber (Mosquitto's ``max_inflight_messages``,
-        ``max_queued_messages``) stops sending until they do; waiting out the batch time then
-        would idle both sides."""
+        The station list is loaded first (waiting, with retries, for the store). ``None`` from
+        the source means "nothing arrived for a tick": with ``ingest_idle_flush_s`` set, the
+        batch is then written at once rather than when its time is up. Acks go out only after
+        the commit, so a broker that limits unacknowledged messages per subscriber (Mosquitto's
+        ``max_inflight_messages``, ``max_queued_messages``) stops sending until they do;
+        waiting out the batch time then would idle both sides."""
+        if not self.directory.ensure_loaded(stop):
+            return self.stats
         for msg in messages:
             if msg is not None:
                 self.handle(msg)

@@ -34,6 +34,17 @@ def default_client_id(settings: Settings) -> str:
     return f"its-ingest-{socket.gethostname()}-{settings.topic_prefix.replace('/', '-')}"[:128]
 
 
+def to_message(m: mqtt.MQTTMessage, ack: Callable[[], None] | None) -> Message:
+    """paho's message as the pipeline's. A topic that is not UTF-8 makes paho's ``topic``
+    raise in its network thread (and the message would never be acked): pass the raw bytes on,
+    for the pipeline to dead-letter."""
+    try:
+        topic: str | bytes = m.topic
+    except UnicodeDecodeError:
+        topic = bytes(m._topic)  # paho has no public accessor for the raw topic
+    return Message(topic, bytes(m.payload), ack)
+
+
 class MqttSource:
     """Subscribes and yields :class:`Message` items (or ``None`` ticks while quiet)."""
 
@@ -65,7 +76,7 @@ class MqttSource:
 
     def _on_message(self, client: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
         ack = functools.partial(client.ack, m.mid, m.qos) if m.qos > 0 else None
-        self.queue.put(Message(m.topic, bytes(m.payload), ack))
+        self.queue.put(to_message(m, ack))
 
     def start(self) -> None:
         connect(self.client, self.endpoint)

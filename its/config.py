@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     ingest_share_group: str | None = Field(
         None, description="MQTT shared-subscription group, e.g. its-ingest, for several workers."
     )
+    ingest_worker_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="This ingest worker's name, unique per broker: its MQTT client id is "
+        "its-ingest-<worker id>, so a restarted worker resumes its own persistent session. "
+        "Required with ITS_INGEST_SHARE_GROUP (docs/ingest.md, Worker identities).",
+    )
+    mqtt_max_payload_bytes: int = Field(
+        256 * 1024,
+        ge=1,
+        description="Largest MQTT payload ingest reads; a larger one is dead-lettered.",
+    )
+    dead_letter_max_bytes: int = Field(
+        4096, ge=0, description="How much of a dead letter's payload is kept (the first bytes)."
+    )
     ingest_max_future_s: int = Field(
         300, ge=0, description="Readings stamped further than this in the future are rejected."
     )
@@ -60,7 +75,7 @@ class Settings(BaseSettings):
         180, ge=1, description="Live state older than this (in data time) is marked stale."
     )
 
-    @field_validator("mqtt_url", "database_url", mode="before")
+    @field_validator("mqtt_url", "database_url", "ingest_worker_id", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

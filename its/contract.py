@@ -25,11 +25,20 @@ from its.errors import PayloadError, TopicError
 
 CONTRACT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_SHOWN_CHARS = 80  # how much of a sender's string a reason quotes
+
+
+def shorten(value: str, limit: int = _SHOWN_CHARS) -> str:
+    """``repr`` of a sender's string, cut to ``limit`` characters: reasons quote what was sent
+    without letting a 64 KiB topic or key become a 64 KiB reason."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def _check_id(kind: str, value: str) -> None:
     if not _ID_RE.match(value):
-        raise TopicError(f"invalid {kind} id {value!r} in topic")
+        raise TopicError(f"invalid {kind} id {shorten(value)} in topic")
 
 
 # --------------------------------------------------------------------------- topics
@@ -95,7 +104,7 @@ def parse_topic(prefix: str, topic: str) -> Topic:
     """Recognise a contract topic under ``prefix`` or raise :class:`TopicError`."""
     head = prefix.strip("/") + "/"
     if not topic.startswith(head):
-        raise TopicError(f"topic {topic!r} is not under prefix {prefix!r}")
+        raise TopicError(f"topic {shorten(topic)} is not under prefix {prefix!r}")
     parts = topic[len(head) :].split("/")
     match parts:
         case ["stations", station_id, "obs"]:
@@ -106,7 +115,7 @@ def parse_topic(prefix: str, topic: str) -> Topic:
             return GatewayObsTopic(prefix, gateway_id)
         case ["alerts", alert_id]:
             return AlertTopic(prefix, alert_id)
-    raise TopicError(f"topic {topic!r} is not part of the v{CONTRACT_VERSION} contract")
+    raise TopicError(f"topic {shorten(topic)} is not part of the v{CONTRACT_VERSION} contract")
 
 
 def subscriptions(prefix: str, share_group: str | None = None) -> list[str]:
@@ -127,7 +136,13 @@ def subscriptions(prefix: str, share_group: str | None = None) -> list[str]:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a time zone (UTC, e.g. ...Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+07:00 is year 0 in UTC, 9999-12-31T23:59:59-05:00 is year 10000:
+        # Python cannot represent either. A ValueError becomes a validation error (a dead
+        # letter), where the OverflowError used to escape the parser and stop ingest.
+        raise ValueError("timestamp is outside the years 1-9999 once converted to UTC") from None
 
 
 class LaneReading(BaseModel):
@@ -185,9 +200,14 @@ def _explain(exc: ValidationError) -> str:
     """A one-line reason a person can act on, e.g. ``lanes.0.occupancy: less than or equal to 1``."""
     parts = []
     for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
+        # a location can be a sender's key (an unknown field): quote it, bounded
+        where = ".".join(str(p) if isinstance(p, int) else _loc(p) for p in err["loc"])
+        parts.append(f"{where or 'payload'}: {err['msg'][:200]}")
     return "; ".join(parts)
+
+
+def _loc(key: str) -> str:
+    return key if _ID_RE.match(key) else shorten(key, 40)
 
 
 def _load_json(payload: bytes) -> Any:
@@ -221,24 +241,34 @@ def parse_observation(
     return _validate_observation(data, now, max_future_s)
 
 
+class RejectedItem(PayloadError):
+    """One element of a gateway array that broke the contract: its index, the reason, and the
+    element as sent (returned, not raised, by :func:`parse_gateway_batch`)."""
+
+    def __init__(self, index: int, reason: str, item: Any) -> None:
+        super().__init__(f"[{index}] {reason}")
+        self.index = index
+        self.item = item
+
+
 def parse_gateway_batch(
     payload: bytes, *, now: datetime | None = None, max_future_s: int = 300
-) -> list[Observation | PayloadError]:
+) -> list[Observation | RejectedItem]:
     """Parse a gateway's array; each element is validated on its own so one bad entry
-    does not sink the rest (the bad ones are returned as errors for the dead-letter store)."""
+    does not sink the rest (the bad ones are returned as :class:`RejectedItem`)."""
     data = _load_json(payload)
     if not isinstance(data, list):
         raise PayloadError("gateway payload must be a JSON array of observations")
     if not data:
         raise PayloadError("gateway payload is an empty array")
-    out: list[Observation | PayloadError] = []
+    out: list[Observation | RejectedItem] = []
     for i, item in enumerate(data):
         try:
             if not isinstance(item, dict):
                 raise PayloadError("observation must be a JSON object")
             out.append(_validate_observation(item, now, max_future_s))
         except PayloadError as exc:
-            out.append(PayloadError(f"[{i}] {exc}"))
+            out.append(RejectedItem(i, str(exc), item))
     return out
 
 

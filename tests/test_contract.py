@@ -113,3 +113,24 @@ def test_state_round_trip() -> None:
     assert (state.state, state.at) == ("offline", NOW)
     with pytest.raises(PayloadError, match="state"):
         parse_state(b'{"state": "maybe"}')
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+07:00", "9999-12-31T23:59:59-05:00"])
+def test_calendar_edge_timestamps_are_payload_errors_not_overflow(stamp: str) -> None:
+    """Regression: these raised OverflowError (converting to UTC leaves years 1-9999), which
+    escaped the parser and stopped ingest on every redelivery."""
+    with pytest.raises(PayloadError, match="outside the years 1-9999"):
+        parse_observation(_bytes(interval_start=stamp), now=NOW)
+    with pytest.raises(PayloadError, match="at: .*outside the years 1-9999"):
+        parse_state(orjson.dumps({"state": "offline", "at": stamp}))
+    (item,) = parse_gateway_batch(orjson.dumps([{**EXAMPLE, "interval_start": stamp}]), now=NOW)
+    assert isinstance(item, PayloadError) and "outside the years" in str(item)
+
+
+def test_reasons_quote_a_sender_s_strings_bounded() -> None:
+    with pytest.raises(TopicError) as topic_err:
+        parse_topic("its/v1", "its/v1/stations/" + "x" * 60_000 + "/obs")
+    with pytest.raises(PayloadError) as key_err:
+        parse_observation(_bytes(**{"k" * 60_000: 1}), now=NOW)
+    assert len(str(topic_err.value)) < 300 and "60000 characters" in str(topic_err.value)
+    assert len(str(key_err.value)) < 300 and "Extra inputs are not permitted" in str(key_err.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
@@ -75,7 +76,13 @@ def test_gateway_array_keeps_good_entries(engine: Engine) -> None:
     batch = [obs(i=0), obs("JKT-GTS-E-001", i=0, n_lanes=3), obs(lanes=[{"lane": 1, "count": -3}])]
     stats = _pipeline(engine).run([Message(f"{P}/gateways/gw-7/obs", dumps(batch))])
     assert stats.readings_inserted == 7
-    assert ["[2] lanes.0.count: Input should be greater than or equal to 0"] == _reasons(engine)
+    assert _reasons(engine) == [
+        "1 of 3 gateway items rejected (payload: those items): "
+        "[2] lanes.0.count: Input should be greater than or equal to 0"
+    ]
+    with engine.connect() as conn:
+        kept = conn.execute(select(schema.dead_letters.c.payload)).scalar_one()
+    assert orjson.loads(kept) == [batch[2]]  # just the bad item, not the whole array again
 
 
 def test_station_state_is_recorded(engine: Engine) -> None:

@@ -59,27 +59,67 @@ def insert_readings(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     return max(result.rowcount, 0)
 
 
+TOPIC_MAX_CHARS = 512  # the column's width
+REASON_MAX_CHARS = 2000
+
+
+def storable_text(text: str, limit: int) -> str:
+    """``text`` as any backend stores it: NUL (which PostgreSQL text refuses) and lone
+    surrogates escaped, cut to ``limit`` characters. A dead letter that the store refused would
+    fail its whole batch, and the batch would be retried for ever."""
+    if text.isascii() and "\x00" not in text:  # the usual case: nothing to escape
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    clean = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+def _utf8_prefix(payload: bytes) -> str | None:
+    """The payload as text when it is UTF-8 without NUL, allowing a character cut in two at the
+    end (by truncation); None otherwise (it is stored as base64)."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(payload) - 3 or exc.reason != "unexpected end of data":
+            return None
+        text = payload[: exc.start].decode("utf-8")
+    return None if "\x00" in text else text
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A message that could not be used, kept whole with the reason."""
+    """A message that could not be used, with the reason.
+
+    Build it with :meth:`bounded` so what is kept of the payload has a ceiling;
+    :meth:`row` makes every field storable whatever the sender put in it.
+    """
 
     topic: str
     payload: bytes
     reason: str
     received_at: datetime
 
+    @classmethod
+    def bounded(
+        cls, topic: str, payload: bytes, reason: str, received_at: datetime, max_bytes: int
+    ) -> DeadLetter:
+        """A dead letter keeping at most ``max_bytes`` of the payload; the reason says when
+        the payload was cut, and how long it was."""
+        if len(payload) > max_bytes:
+            reason = f"{reason} (payload cut to its first {max_bytes:,} of {len(payload):,} bytes)"
+            payload = payload[:max_bytes]
+        return cls(topic, payload, reason, received_at)
+
     def row(self) -> dict[str, Any]:
-        try:
-            text, encoding = self.payload.decode("utf-8"), "utf-8"
-            if "\x00" in text:  # PostgreSQL text cannot hold NUL
-                raise UnicodeDecodeError("utf-8", self.payload, 0, 1, "NUL byte")
-        except UnicodeDecodeError:
+        text = _utf8_prefix(self.payload)
+        if text is None:
             text, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
+        else:
+            encoding = "utf-8"
         return {
-            "topic": self.topic[:512],
+            "topic": storable_text(self.topic, TOPIC_MAX_CHARS),
             "payload": text,
             "payload_encoding": encoding,
-            "reason": self.reason,
+            "reason": storable_text(self.reason, REASON_MAX_CHARS),
             "received_at": self.received_at,
         }
 
