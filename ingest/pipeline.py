@@ -257,6 +257,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ batching
 
+    @property
+    def pending(self) -> bool:
+        """Whether messages are held that are not yet written and acked."""
+        return self._batch.started is not None
+
     def due(self) -> bool:
         b = self._batch
         if b.started is None:

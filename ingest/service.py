@@ -4,6 +4,10 @@ paho's network thread only puts messages on a queue; this thread validates, batc
 acks. Acks are manual and sent after the commit, on a persistent session (clean_session False,
 a stable client id), so a crash before a commit means redelivery, never loss; the reading key
 makes that redelivery harmless.
+
+A worker's identity is its client id, ``its-ingest-<worker id>``: the broker keeps the worker's
+session, and on a shared subscription its share of the messages, under that id while the worker
+is away. :func:`drain_worker` retires a worker for good without stranding that share.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ingest.pipeline import IngestStats, Message, Pipeline
 from its.config import MqttEndpoint, Settings
 from its.contract import subscriptions
 from its.db.engine import make_engine
+from its.errors import ConfigError, ITSError
 
 log = logging.getLogger("its.ingest")
 REPORT_EVERY_S = 10.0
@@ -32,6 +37,30 @@ REPORT_EVERY_S = 10.0
 def default_client_id(settings: Settings) -> str:
     """Stable per host and prefix, so a restarted worker resumes its persistent session."""
     return f"its-ingest-{socket.gethostname()}-{settings.topic_prefix.replace('/', '-')}"[:128]
+
+
+def worker_client_id(settings: Settings) -> str:
+    """The MQTT client id of this ingest worker.
+
+    ``its-ingest-<ITS_INGEST_WORKER_ID>`` when a worker id is set. Without one, a single worker
+    keeps the host-derived default. On a shared subscription a worker id is required: two
+    workers on one host would share the default and keep taking the session from each other,
+    and anything derived per process (a pid, a container's random hostname) changes on restart
+    and strands the old session's queued share at the broker.
+    """
+    if settings.ingest_worker_id:
+        return f"its-ingest-{settings.ingest_worker_id}"
+    if settings.ingest_share_group:
+        raise ConfigError(
+            f"ITS_INGEST_SHARE_GROUP={settings.ingest_share_group} needs a worker id: give each "
+            "ingest worker its own stable ITS_INGEST_WORKER_ID (or --worker-id), e.g. ingest-1, "
+            "ingest-2, kept across restarts (docs/ingest.md, Worker identities)"
+        )
+    return default_client_id(settings)
+
+
+class DrainError(ITSError):
+    """A worker's session could not be drained to the end; it is left as it was (nothing lost)."""
 
 
 def to_message(m: mqtt.MQTTMessage, ack: Callable[[], None] | None) -> Message:
@@ -59,6 +88,11 @@ class MqttSource:
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_disconnect = self._on_disconnect
         self.client.max_inflight_messages_set(1000)
+        self.client_id = client_id
+        self.lost = threading.Event()  # the connection dropped (unexpectedly) at least once
+
+    def _topics(self) -> list[str]:
+        return subscriptions(self.settings.topic_prefix, self.settings.ingest_share_group)
 
     def _on_connect(
         self, client: mqtt.Client, _u: object, _f: object, rc: object, _p: object
@@ -66,13 +100,19 @@ class MqttSource:
         if getattr(rc, "is_failure", False):
             log.error("ingest: broker refused the connection: %s", rc)
             return
-        topics = subscriptions(self.settings.topic_prefix, self.settings.ingest_share_group)
+        topics = self._topics()
         client.subscribe([(t, 1) for t in topics])
         log.info("ingest: connected to %s, subscribed to %s", self.endpoint.url, ", ".join(topics))
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, rc: object, _p: object) -> None:
         if getattr(rc, "is_failure", False):
-            log.warning("ingest: disconnected from broker (%s); paho reconnects", rc)
+            self.lost.set()
+            log.warning(
+                "ingest: disconnected from broker (%s); paho reconnects. If this repeats, "
+                "another process may be using the client id %s (a worker id must be unique)",
+                rc,
+                self.client_id,
+            )
 
     def _on_message(self, client: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
         ack = functools.partial(client.ack, m.mid, m.qos) if m.qos > 0 else None
@@ -133,6 +173,111 @@ class _Reporter:
         self.last_t, self.last_messages, self.last_readings = now, s.messages, s.readings_inserted
 
 
+class _DrainSource(MqttSource):
+    """Resumes a worker's persistent session and unsubscribes at once, so the broker routes no
+    new messages to it while what it queued for the worker is delivered."""
+
+    def __init__(self, settings: Settings, endpoint: MqttEndpoint, client_id: str) -> None:
+        super().__init__(settings, endpoint, client_id)
+        self.connected = threading.Event()
+        self.session_present = False
+        self.unsubscribed = threading.Event()
+        self.client.on_subscribe = None
+        self.client.on_unsubscribe = lambda *_a: self.unsubscribed.set()
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, flags: object, rc: object, _p: object
+    ) -> None:
+        if getattr(rc, "is_failure", False):
+            log.error("ingest: broker refused the connection: %s", rc)
+            return
+        self.session_present = bool(getattr(flags, "session_present", False))
+        client.unsubscribe(self._topics())
+        self.connected.set()
+
+
+def drain_worker(
+    settings: Settings,
+    endpoint: MqttEndpoint,
+    client_id: str,
+    *,
+    engine: Engine | None = None,
+    quiet_s: float = 2.0,
+    connect_timeout_s: float = 15.0,
+) -> IngestStats:
+    """Retire the worker whose session is ``client_id``: store everything the broker queued for
+    it, then end its session so the broker routes nothing more to it.
+
+    Stop the worker first. This connects as that worker (clean session off, resuming what the
+    broker kept), unsubscribes from ingest's filters (on a shared subscription the group's other
+    members then get every new message), ingests and acks what was queued, and ends when nothing
+    has arrived for ``quiet_s`` after the last ack, with the connection unbroken throughout.
+    Then it disconnects and reconnects once with a clean session, which makes the broker discard
+    the session. Raises :class:`DrainError` (leaving the session for a retry, nothing lost) if
+    the connection broke meanwhile: another process, perhaps the worker itself, took it over.
+    """
+    engine = engine or make_engine(settings.resolved_database_url)
+    pipeline = Pipeline(engine, settings)
+    if not pipeline.directory.ensure_loaded():
+        return pipeline.stats
+    source = _DrainSource(settings, endpoint, client_id)
+    source.start()
+    try:
+        if not source.connected.wait(connect_timeout_s):
+            raise DrainError(f"no connection to {endpoint.url} as {client_id}")
+        if not source.session_present:
+            log.info("ingest: the broker has no session for %s: nothing to drain", client_id)
+        tick = settings.ingest_idle_flush_s or 0.1
+
+        def drained() -> Iterator[Message | None]:
+            last, batches = time.monotonic(), -1
+            while True:
+                try:
+                    yield source.queue.get(timeout=tick)
+                    last = time.monotonic()
+                    continue
+                except queue.Empty:
+                    yield None  # the pipeline writes and acks what it holds
+                if source.lost.is_set():
+                    raise DrainError(
+                        f"the connection as {client_id} broke while draining; is that worker "
+                        "still running? Stop it and drain again (nothing was lost)"
+                    )
+                if pipeline.pending or pipeline.stats.batches != batches:
+                    last, batches = time.monotonic(), pipeline.stats.batches
+                elif source.unsubscribed.is_set() and time.monotonic() - last >= quiet_s:
+                    return
+
+        pipeline.run(drained())
+    finally:
+        source.stop()
+    _end_session(endpoint, client_id, connect_timeout_s)
+    log.info(
+        "ingest: drained %s: %d messages, %d readings stored, %d dead letters; session ended",
+        client_id,
+        pipeline.stats.messages,
+        pipeline.stats.readings_inserted,
+        pipeline.stats.dead_letters,
+    )
+    return pipeline.stats
+
+
+def _end_session(endpoint: MqttEndpoint, client_id: str, timeout_s: float) -> None:
+    """Connect once with a clean session: the broker discards the persistent one (MQTT 3.1.1
+    3.1.2.4), with its subscriptions and anything still queued for it."""
+    connected = threading.Event()
+    client = make_client(endpoint, client_id, clean_session=True)
+    client.on_connect = lambda *_a: connected.set()
+    connect(client, endpoint)
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s):
+            raise DrainError(f"could not reconnect as {client_id} to end its session")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def run_ingest(
     settings: Settings,
     endpoint: MqttEndpoint,
@@ -144,9 +289,12 @@ def run_ingest(
     ready: threading.Event | None = None,
 ) -> IngestStats:
     """Ingest until ``stop`` is set, then flush, ack, disconnect and return the counters."""
+    client_id = client_id or worker_client_id(settings)
     engine = engine or make_engine(settings.resolved_database_url)
     pipeline = Pipeline(engine, settings)
-    source = MqttSource(settings, endpoint, client_id or default_client_id(settings))
+    if not pipeline.directory.ensure_loaded(stop.is_set):  # waits (retrying) for the store
+        return pipeline.stats
+    source = MqttSource(settings, endpoint, client_id)
     source.start()
     reporter = _Reporter(pipeline.stats, on_stats)
     if ready is not None:

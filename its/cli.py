@@ -140,25 +140,69 @@ def db_load_network(
 
 @app.command("ingest")
 def ingest_cmd(
+    worker_id: Annotated[
+        str | None,
+        typer.Option(
+            help="This worker's name, unique per broker and kept across restarts (default "
+            "ITS_INGEST_WORKER_ID): its MQTT client id is its-ingest-<worker id>. Required with "
+            "ITS_INGEST_SHARE_GROUP.",
+        ),
+    ] = None,
     client_id: Annotated[
         str | None,
         typer.Option(
             envvar="ITS_INGEST_CLIENT_ID",
-            help="MQTT client id; stable across restarts so the persistent session resumes.",
+            help="Raw MQTT client id, overriding the one derived from the worker id.",
         ),
     ] = None,
+    drain: Annotated[
+        bool,
+        typer.Option(
+            "--drain",
+            help="Retire the worker named by --worker-id (stopped first): store everything the "
+            "broker queued for it, end its session, and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Subscribe to sensor observations and store them (batched, idempotent, ack after commit).
 
     Invalid messages go to the dead_letters table with their reason. Ctrl-C or SIGTERM flushes the
-    pending batch and exits cleanly.
+    pending batch and exits cleanly. With --drain, retires a worker instead (docs/ingest.md).
     """
-    from ingest.service import run_ingest
+    from ingest.service import DrainError, drain_worker, run_ingest, worker_client_id
+    from its.config import WORKER_ID_RE
+    from its.errors import ConfigError
 
     _setup_logging()
     settings = _settings()
+    if worker_id is not None:
+        if not WORKER_ID_RE.match(worker_id):
+            raise typer.BadParameter(
+                "1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
+                param_hint="--worker-id",
+            )
+        settings = settings.model_copy(update={"ingest_worker_id": worker_id})
+    if drain and not (client_id or settings.ingest_worker_id):
+        raise typer.BadParameter("name the worker to retire", param_hint="--worker-id")
+    try:
+        client_id = client_id or worker_client_id(settings)
+    except ConfigError as exc:
+        typer.echo(f"its ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
     endpoint = _require_broker(settings)
     engine, _network = _migrated_store(settings)
+    if drain:
+        try:
+            stats = drain_worker(settings, endpoint, client_id, engine=engine)
+        except DrainError as exc:
+            typer.echo(f"its ingest --drain: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(
+            f"retired {client_id}: {stats.messages} messages, {stats.readings_inserted} readings "
+            f"stored, {stats.duplicates} duplicates, {stats.dead_letters} dead letters; "
+            "its session is ended"
+        )
+        return
     stop = _stop_on_signals()
     stats = run_ingest(settings, endpoint, stop, engine=engine, client_id=client_id)
     typer.echo(

@@ -6,12 +6,15 @@ Nothing reads the environment at import time: call :func:`get_settings` (cached)
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 class Settings(BaseSettings):
@@ -46,7 +49,7 @@ class Settings(BaseSettings):
     )
     ingest_worker_id: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        pattern=WORKER_ID_RE.pattern,
         description="This ingest worker's name, unique per broker: its MQTT client id is "
         "its-ingest-<worker id>, so a restarted worker resumes its own persistent session. "
         "Required with ITS_INGEST_SHARE_GROUP (docs/ingest.md, Worker identities).",
