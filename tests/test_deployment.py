@@ -22,7 +22,7 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_platform_services_present() -> None:
-    assert {"migrate", "ingest", "alerts", "web", "sim"} <= set(PLATFORM)
+    assert {"migrate", "ingest-1", "ingest-2", "alerts", "web", "sim"} <= set(PLATFORM)
     assert {"timescaledb", "mosquitto"} <= set(SERVICES)
     assert "timescale/timescaledb" in SERVICES["timescaledb"]["image"]
 
@@ -65,13 +65,15 @@ def test_web_port_is_published_and_bound_to_all_interfaces() -> None:
     assert env["ITS_WEB_PORT"] in " ".join(web["healthcheck"]["test"])
 
 
-def test_scaled_ingest_uses_a_shared_subscription() -> None:
-    ingest = PLATFORM["ingest"]
-    assert ingest.get("deploy", {}).get("replicas", 1) > 1
-    assert _env(ingest).get("ITS_INGEST_SHARE_GROUP")
+def test_scaled_ingest_uses_a_shared_subscription_with_a_name_per_worker() -> None:
+    workers = [_env(s) for s in PLATFORM.values() if s["command"] == ["ingest"]]
+    assert len(workers) >= 2
+    assert len({w["ITS_INGEST_SHARE_GROUP"] for w in workers}) == 1
+    assert len({w["ITS_INGEST_WORKER_ID"] for w in workers}) == len(workers)
+    assert all(s.get("deploy", {}).get("replicas", 1) == 1 for s in PLATFORM.values())
 
 
 def test_services_wait_for_migrations() -> None:
-    for name in ("ingest", "alerts", "web"):
+    for name in ("ingest-1", "ingest-2", "alerts", "web"):
         dep = PLATFORM[name]["depends_on"]["migrate"]["condition"]
         assert dep == "service_completed_successfully"

@@ -268,3 +268,31 @@ def test_dead_letter_times_are_the_receive_time() -> None:
     row = DeadLetter.bounded("t", b"x" * 10, "why", at, 4).row()
     assert row["received_at"] == at and row["payload"] == "xxxx"
     assert row["reason"] == "why (payload cut to its first 4 of 10 bytes)"
+
+
+def test_a_nul_in_the_topic_through_the_embedded_broker_is_a_dead_letter(
+    settings: Settings, embedded_broker, pg_engine: Engine
+) -> None:
+    """Mosquitto disconnects a client that publishes such a topic; the embedded broker (what
+    `make run` starts) delivers it, and PostgreSQL cannot store a NUL."""
+    from tests.conftest import wait_for
+    from tests.test_ingest_e2e import publisher, start_ingest
+
+    run = start_ingest(settings, embedded_broker, pg_engine)
+    pub = publisher(embedded_broker)
+    try:
+        prefix = settings.topic_prefix
+        pub.publish(f"{prefix}/stations/JKT\x00SDR/obs", dumps(obs()), qos=1).wait_for_publish(5)
+        pub.publish(OBS.replace(P, prefix), dumps(obs()), qos=1).wait_for_publish(5)
+        wait_for(lambda: _count(pg_engine, schema.readings) == 4, what="the good reading")
+        wait_for(lambda: _count(pg_engine, schema.dead_letters) == 1, what="the dead letter")
+        assert run.thread.is_alive()
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        run.stop.set()
+        run.thread.join(15)
+    ((topic, _, _, reason),) = _dead(pg_engine)
+    assert topic == f"{prefix}/stations/JKT\\x00SDR/obs"
+    assert reason == "invalid station id 'JKT\\x00SDR' in topic"
+    assert run.result["stats"].write_errors == 0
