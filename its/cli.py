@@ -216,12 +216,18 @@ def ingest_cmd(
 
 def build_web_app(settings: Settings, *, engine=None, network=None):  # noqa: ANN001, ANN201
     """The web process's app: the API (``/api/v1``, ``/docs``, ``/healthz``) and the Dash
-    dashboard at ``/`` on one FastAPI app, sharing one engine and one road network."""
+    dashboard at ``/`` on one FastAPI app, sharing one engine and one road network.
+
+    The body size limit (``ITS_HTTP_MAX_BODY_BYTES``) is added last, which makes it the outermost
+    middleware: Dash's own middleware reads JSON bodies before its routes run, so a limit inside
+    it would come too late for ``/_dash-update-component``."""
     from dashboard.app import create_dash
     from its.api.app import create_app
+    from its.api.limits import BodySizeLimitMiddleware
 
     api = create_app(settings, engine=engine, network=network)
     create_dash(api, settings=settings, engine=api.state.engine, network=api.state.network)
+    api.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http_max_body_bytes)
     return api
 
 

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("its/v1", description="Prefix of every MQTT topic.")
     web_host: str = Field("127.0.0.1", description="Interface the web process binds.")
     web_port: int = Field(8050, ge=1, le=65535, description="Port of the API and dashboard.")
+    http_max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest HTTP request body the web process reads; larger ones get a 413.",
+    )
     network_file: Path | None = Field(
         None, description="GeoJSON road network to load; unset means the bundled Jakarta sample."
     )

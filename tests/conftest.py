@@ -77,7 +77,7 @@ def pg_engine_session(pg_url: str, network: Network) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _clear(engine: Engine) -> None:
+def clear_tables(engine: Engine) -> None:
     """Empty every table that tests write, keeping the road network."""
     with engine.begin() as conn:
         for table in reversed(schema.metadata.sorted_tables):
@@ -88,7 +88,7 @@ def _clear(engine: Engine) -> None:
 @pytest.fixture
 def pg_engine(pg_engine_session: Engine) -> Engine:
     """The run's PostgreSQL database, migrated, with the sample network and no readings."""
-    _clear(pg_engine_session)
+    clear_tables(pg_engine_session)
     return pg_engine_session
 
 
@@ -138,6 +138,16 @@ def embedded_broker() -> Iterator[MqttEndpoint]:
 def settings(tmp_path: Path, topic_prefix: str) -> Settings:
     """Settings isolated from the environment: own data dir and topic prefix."""
     return Settings(_env_file=None, data_dir=tmp_path, topic_prefix=topic_prefix)
+
+
+# --------------------------------------------------------------------------- HTTP API
+
+
+@pytest.fixture
+def api_auth_headers() -> dict[str, str]:
+    """Headers that identify a caller of the API: the one place the fuzz and API tests take
+    them from. Empty while the API asks nobody who they are; an API key goes here once it does."""
+    return {}
 
 
 # --------------------------------------------------------------------------- browser

@@ -1,14 +1,27 @@
-"""Query parameters shared by the routes: time windows, bucket widths and the point limit.
+"""Parameters shared by the routes: bounded ids and texts, time windows, buckets and the point limit.
 
-Analysts get a 400 that says what to change rather than a slow or enormous answer: every query
-that returns a series checks its number of points against :data:`MAX_POINTS` first.
+Every value a client sends is bounded here before it reaches the service layer or the database,
+so that no input can make a route answer 5xx or do unbounded work:
+
+- texts (ids, names, comments) have a maximum length and no control characters: PostgreSQL
+  rejects a NUL byte in text, and nothing legitimate needs the others (422);
+- alert ids lie in 1 .. 2^31-1, the range of the ``integer`` column on every backend (422);
+- times must be ISO 8601 date-times and, once in UTC, lie in [:data:`MIN_TIME`, :data:`MAX_TIME`):
+  calendar-edge dates such as 0001-01-01T00:00:00+07:00 overflow Python's and the databases'
+  date arithmetic (400, like every other well-formed window that cannot be answered);
+- a query that returns a series checks its number of points against :data:`MAX_POINTS` (400).
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Annotated, Any
 
+from fastapi import Path
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
 from sqlalchemy.engine import Connection
 
 from its.errors import QueryError
@@ -16,6 +29,70 @@ from its.service.traffic import data_clock
 
 MAX_POINTS = 20_000
 DEFAULT_SPAN = timedelta(hours=2)
+
+#: the accepted time range, in UTC: from the Unix epoch to the start of year 2200
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+#: alert ids are ``integer`` columns: 32-bit signed on PostgreSQL
+MAX_ALERT_ID = 2**31 - 1
+MAX_ID_LENGTH = 128
+MAX_IDS = 200
+
+
+def reject_control_characters(value: str, *, allowed: str = "") -> str:
+    """``value`` unchanged, or a ValueError naming the first control character (NUL and the
+    other C0/C1 controls, DEL, lone surrogates) that is not in ``allowed``."""
+    for position, char in enumerate(value):
+        if char not in allowed and unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(
+                f"must not contain control characters (found U+{ord(char):04X} at position "
+                f"{position})"
+            )
+    return value
+
+
+#: the rule of :func:`reject_control_characters` as the OpenAPI schema states it (the check itself
+#: is the function, whose message names the character; ECMA and Python regexes read it alike)
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(reject_control_characters),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": NO_CONTROL_PATTERN,
+        }
+    ),
+]
+"""A station, segment or corridor id as a client sends it: unknown ids are a 404 later."""
+
+AlertId = Annotated[
+    int,
+    Path(ge=1, le=MAX_ALERT_ID, description="The alert's id (1 .. 2^31-1)", examples=[1]),
+]
+
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_date_time(value: Any) -> Any:
+    """Only ISO 8601 date-times: pydantic alone would also read ``0`` as the epoch and a bare
+    date as midnight, which the OpenAPI schema (``format: date-time``) does not promise."""
+    if isinstance(value, str) and not _DATE_TIME.match(value.strip()):
+        raise ValueError("must be an ISO 8601 date-time such as 2026-11-22T01:00:00Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_date_time)]
+"""A ``start``/``end`` query parameter; its range is checked by :func:`time_window`."""
+
+_RANGE_DOC = f"{MIN_TIME:%Y-%m-%d} .. {MAX_TIME:%Y-%m-%d} UTC"
+START_DOC = f"ISO 8601, UTC when no zone is given, within {_RANGE_DOC}; default end - 2 h"
+END_DOC = f"ISO 8601, UTC when no zone is given, within {_RANGE_DOC}; default newest data"
 
 
 class Bucket(StrEnum):
@@ -40,12 +117,28 @@ def as_utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+def checked_time(name: str, ts: datetime) -> datetime:
+    """``ts`` in UTC, or a QueryError when it lies outside [MIN_TIME, MAX_TIME) (converting a
+    calendar-edge time such as 0001-01-01T00:00:00+07:00 to UTC would overflow)."""
+    try:
+        utc = as_utc(ts)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_TIME <= utc < MAX_TIME:
+        raise QueryError(
+            f"{name} ({ts.isoformat()}) is outside the accepted range "
+            f"{MIN_TIME.isoformat()} .. {MAX_TIME.isoformat()} (UTC, end excluded)"
+        )
+    return utc
+
+
 def time_window(
     conn: Connection, start: datetime | None, end: datetime | None
 ) -> tuple[datetime, datetime]:
     """[start, end): end defaults to the data clock (or now), start to two hours before end."""
-    end = as_utc(end) if end else (data_clock(conn) or datetime.now(UTC))
-    start = as_utc(start) if start else end - DEFAULT_SPAN
+    start = checked_time("start", start) if start else None
+    end = checked_time("end", end) if end else (data_clock(conn) or datetime.now(UTC))
+    start = start or end - DEFAULT_SPAN
     if start >= end:
         raise QueryError(f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
     return start, end

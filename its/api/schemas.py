@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from its.api.params import reject_control_characters
+
+#: a name with at least one visible character and no control characters, as the schema states it
+_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+#: free text: tabs and line breaks, but no other control character
+_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 
 Band = Literal["free", "slow", "congested", "jammed", "no-data"]
 
@@ -184,9 +191,28 @@ class AckRequest(BaseModel):
         json_schema_extra={"example": {"operator": "rina", "comment": "Police on site"}},
     )
     operator: str = Field(
-        min_length=1, max_length=100, pattern=r"\S", description="Who acknowledges"
+        min_length=1,
+        max_length=100,
+        pattern=r"\S",
+        description="Who acknowledges (no control characters)",
+        json_schema_extra={"pattern": _NAME_PATTERN},
     )
-    comment: str | None = Field(None, max_length=2000)
+    comment: str | None = Field(
+        None,
+        max_length=2000,
+        description="Free text; tabs and line breaks but no other control characters",
+        json_schema_extra={"pattern": _TEXT_PATTERN},
+    )
+
+    @field_validator("operator")
+    @classmethod
+    def _printable_operator(cls, value: str) -> str:
+        return reject_control_characters(value)
+
+    @field_validator("comment")
+    @classmethod
+    def _printable_comment(cls, value: str | None) -> str | None:
+        return None if value is None else reject_control_characters(value, allowed="\t\n\r")
 
 
 class Health(BaseModel):

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from its.api.deps import ConnDep, NetworkDep
-from its.api.params import Bucket, Level, check_points, time_window
+from its.api.params import (
+    END_DOC,
+    MAX_IDS,
+    START_DOC,
+    Bucket,
+    Identifier,
+    Level,
+    Timestamp,
+    check_points,
+    time_window,
+)
 from its.api.schemas import Aggregates, ErrorOut
 from its.errors import NotFoundError
 from its.network import Network
@@ -36,10 +45,15 @@ def get_aggregates(
     network: NetworkDep,
     level: Level = Level.segment,
     bucket: Bucket = Bucket.m15,
-    start: Annotated[datetime | None, Query(description="UTC; default end - 2 h")] = None,
-    end: Annotated[datetime | None, Query(description="UTC; default newest data")] = None,
+    start: Annotated[Timestamp | None, Query(description=START_DOC)] = None,
+    end: Annotated[Timestamp | None, Query(description=END_DOC)] = None,
     ids: Annotated[
-        list[str] | None, Query(alias="id", description="Restrict to these ids (repeatable)")
+        list[Identifier] | None,
+        Query(
+            alias="id",
+            max_length=MAX_IDS,
+            description=f"Restrict to these ids (repeatable, at most {MAX_IDS})",
+        ),
     ] = None,
 ) -> dict:
     """Speed is the flow-weighted harmonic mean (single-loop lanes estimated from occupancy);

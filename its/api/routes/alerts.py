@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from its.alerts import store
 from its.api.deps import ConnDep, TxDep
+from its.api.params import AlertId
 from its.api.schemas import AckRequest, AlertOut, ErrorOut
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -23,17 +24,22 @@ def list_alerts(
 
 
 @router.get("/{alert_id}", response_model=AlertOut, responses={404: {"model": ErrorOut}})
-def get_alert(conn: ConnDep, alert_id: int) -> dict:
+def get_alert(conn: ConnDep, alert_id: AlertId) -> dict:
     return store.get_alert(conn, alert_id).to_dict()
 
 
 @router.post(
     "/{alert_id}/ack",
     response_model=AlertOut,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    responses={
+        400: {"model": ErrorOut, "description": "A body that is not UTF-8 JSON"},
+        404: {"model": ErrorOut},
+        409: {"model": ErrorOut},
+        413: {"model": ErrorOut, "description": "A body over ITS_HTTP_MAX_BODY_BYTES"},
+    },
     summary="Acknowledge an alert (who, when, comment)",
 )
-def acknowledge(tx: TxDep, alert_id: int, body: AckRequest) -> dict:
+def acknowledge(tx: TxDep, alert_id: AlertId, body: AckRequest) -> dict:
     """Records the operator, the time and the comment, and an entry in the alert's history.
     Acknowledging an acknowledged alert is a 409 naming who did it first."""
     return store.acknowledge(

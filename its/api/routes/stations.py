@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from its.api.deps import ConnDep, NetworkDep
-from its.api.params import Bucket, check_points, time_window
+from its.api.params import (
+    END_DOC,
+    START_DOC,
+    Bucket,
+    Identifier,
+    Timestamp,
+    check_points,
+    time_window,
+)
 from its.api.schemas import ErrorOut, StationOut, StationSeries
 from its.errors import NotFoundError
 from its.service import live, traffic
@@ -45,9 +52,9 @@ def list_stations(conn: ConnDep, network: NetworkDep) -> list[dict]:
 def station_series(
     conn: ConnDep,
     network: NetworkDep,
-    station_id: Annotated[str, Path(examples=["JKT-SDR-N-012"])],
-    start: Annotated[datetime | None, Query(description="UTC; default end - 2 h")] = None,
-    end: Annotated[datetime | None, Query(description="UTC; default newest data")] = None,
+    station_id: Annotated[Identifier, Path(examples=["JKT-SDR-N-012"])],
+    start: Annotated[Timestamp | None, Query(description=START_DOC)] = None,
+    end: Annotated[Timestamp | None, Query(description=END_DOC)] = None,
     bucket: Bucket = Bucket.m5,
 ) -> dict:
     if station_id not in {s.station_id for s in network.stations}:
