@@ -179,14 +179,33 @@ class AlertOut(BaseModel):
 
 
 class AckRequest(BaseModel):
+    """Who acknowledges is the caller (the signed-in user, or the API key's owner or name), never
+    a name in the body: an ``operator`` field is refused (422)."""
+
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"example": {"operator": "rina", "comment": "Police on site"}},
-    )
-    operator: str = Field(
-        min_length=1, max_length=100, pattern=r"\S", description="Who acknowledges"
+        json_schema_extra={"example": {"comment": "Police on site"}},
     )
     comment: str | None = Field(None, max_length=2000)
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: str
+    actor: str | None = Field(description="username, key:<key_id>, or null (unknown caller)")
+    action: str = Field(description="signin, signout, key.use, alert.ack, user.add, ...")
+    target: str | None
+    outcome: Literal["ok", "failed", "denied"]
+    detail: dict[str, Any] | None
+    client: str | None = Field(description="client address")
+
+
+class IdentityOut(BaseModel):
+    actor: str = Field(description="the name recorded on what this identity does")
+    via: Literal["session", "key", "anonymous"]
+    role: str = Field(description="viewer | operator | supervisor | admin, or key:<scope>")
+    display_name: str
+    permissions: list[str]
 
 
 class Health(BaseModel):
