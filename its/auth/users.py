@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -191,42 +191,30 @@ def sign_in(
     though the sign-in is refused.
     """
     now = datetime.now(UTC)
-    with engine.begin() as conn:
+
+    def refuse(outcome: audit.Outcome, reason: str, message: str, **detail: Any) -> NoReturn:
+        # its own transaction, committed before raising: the refusal must stay on record
+        with engine.begin() as conn:
+            audit.record(conn, "signin", actor=None, target=username, outcome=outcome,
+                         detail={"reason": reason, **detail}, client=client, at=now)  # fmt: skip
+        raise AuthenticationError(message)
+
+    with engine.connect() as conn:
         failures = audit.count_failures(conn, "signin", username, now - window)
-        if failures >= max_failures:
-            audit.record(
-                conn,
-                "signin",
-                actor=None,
-                target=username,
-                outcome="denied",
-                detail={"reason": "throttled", "recent_failures": failures},
-                client=client,
-                at=now,
-            )
-            raise AuthenticationError("too many failed sign-ins for this username: try again later")
         row = conn.execute(select(schema.users).where(schema.users.c.username == username)).first()
+    if failures >= max_failures:
+        refuse("denied", "throttled", "too many failed sign-ins for this username: try again later",
+               recent_failures=failures)  # fmt: skip
     stored = row._mapping["password_hash"] if row else None
     if row is None or stored is None:
         passwords.burn(password)
         ok = False
     else:
         ok = passwords.verify(stored, password)
-    disabled = bool(row and row._mapping["disabled"])
+    if not ok or row._mapping["disabled"]:
+        refuse("failed", "disabled" if ok else "wrong username or password",
+               "wrong username or password, or the account is disabled")  # fmt: skip
     with engine.begin() as conn:
-        if not ok or disabled:
-            reason = "disabled" if ok and disabled else "wrong username or password"
-            audit.record(
-                conn,
-                "signin",
-                actor=None,
-                target=username,
-                outcome="failed",
-                detail={"reason": reason},
-                client=client,
-                at=now,
-            )
-            raise AuthenticationError("wrong username or password, or the account is disabled")
         values: dict[str, Any] = {"last_signin_at": now}
         if passwords.needs_rehash(stored):  # the cost setting changed: store the new cost
             values["password_hash"] = passwords.hash(password)
