@@ -248,3 +248,38 @@ def test_cli_manages_users_keys_and_shows_the_audit(tmp_path, monkeypatch) -> No
         assert "actor=cli:" in log
     finally:
         get_settings.cache_clear()
+
+
+def test_dashboard_acknowledges_as_the_signed_in_person_only(
+    sqlite_engine: Engine, network: Network, settings: Settings
+) -> None:
+    from dashboard import views
+    from its.auth.identity import Identity
+
+    add_user(sqlite_engine, "vita", "viewer")
+    add_user(sqlite_engine, "ops", "operator")
+    d = views.Dashboard(settings=settings, engine=sqlite_engine, network=network)
+    alert_id = _alert(sqlite_engine)
+
+    def who(username: str) -> Identity:
+        with sqlite_engine.begin() as conn:
+            user = users.get_user(conn, username)
+            new = sessions.start_session(conn, user, lifetime=timedelta(hours=1))
+            return Identity.of_session(sessions.find_session(conn, new.token))
+
+    def said(msg) -> str:  # noqa: ANN001 - a Dash component
+        return str(msg.children)
+
+    assert "session has ended" in said(views.acknowledge(d, alert_id, None, "x"))
+    assert "Your role (viewer)" in said(views.acknowledge(d, alert_id, who("vita"), "x"))
+    with sqlite_engine.connect() as conn:
+        assert store.get_alert(conn, alert_id).acked_by is None
+    ok = views.acknowledge(d, alert_id, who("ops"), " on it ", client="192.0.2.1")
+    assert "acknowledged by ops" in said(ok)
+    with sqlite_engine.connect() as conn:
+        (entry,) = audit.query(conn, action="alert.ack")
+    assert (entry.actor, entry.client, entry.detail) == (
+        "ops",
+        "192.0.2.1",
+        {"via": "session", "comment": "on it"},
+    )
