@@ -222,7 +222,18 @@ def web_cmd() -> None:
     engine, network = _migrated_store(settings)
     server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
     typer.echo(f"dashboard: http://{settings.web_host}:{settings.web_port}/")
+    if not _has_accounts(engine):
+        typer.echo(
+            "no accounts yet: create an administrator with `its users add NAME --role admin`"
+        )
     server.run()
+
+
+def _has_accounts(engine) -> bool:  # noqa: ANN001
+    from its.auth.users import count_users
+
+    with engine.connect() as conn:
+        return count_users(conn) > 0
 
 
 # --------------------------------------------------------------------------- up
