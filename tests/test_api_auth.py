@@ -52,8 +52,9 @@ def _sign_in(client: TestClient, username: str, password: str = PASSWORD):  # no
 
 
 @pytest.fixture
-def web(settings: Settings, sqlite_engine: Engine, network: Network) -> TestClient:
-    return TestClient(build_web_app(settings, engine=sqlite_engine, network=network),
+def web(settings: Settings, engine: Engine, network: Network) -> TestClient:
+    """The web process's app (API, pages and dashboard), on SQLite and on PostgreSQL."""
+    return TestClient(build_web_app(settings, engine=engine, network=network),
                       follow_redirects=False)  # fmt: skip
 
 
@@ -104,19 +105,19 @@ def test_anonymous_read_setting_opens_reads_never_writes(
         ).status_code in (200, 503), public
 
 
-def test_key_owner_is_recorded_as_who_acknowledged(sqlite_engine: Engine, web: TestClient) -> None:
-    add_user(sqlite_engine, "rina", "operator")
-    key = add_key(sqlite_engine, "operate", name="rina-script", owner="rina")
-    alert_id = _alert(sqlite_engine)
+def test_key_owner_is_recorded_as_who_acknowledged(engine: Engine, web: TestClient) -> None:
+    add_user(engine, "rina", "operator")
+    key = add_key(engine, "operate", name="rina-script", owner="rina")
+    alert_id = _alert(engine)
     r = web.post(f"/api/v1/alerts/{alert_id}/ack", json={}, headers={"X-API-Key": key})
     assert r.status_code == 200 and r.json()["acked_by"] == "rina"
-    with sqlite_engine.connect() as conn:
+    with engine.connect() as conn:
         (entry,) = audit.query(conn, action="alert.ack")
     assert entry.actor == "rina" and entry.detail["via"] == "key"
 
 
-def test_login_session_csrf_and_logout(sqlite_engine: Engine, web: TestClient) -> None:
-    add_user(sqlite_engine, "budi", "operator", PASSWORD)
+def test_login_session_csrf_and_logout(engine: Engine, web: TestClient) -> None:
+    add_user(engine, "budi", "operator", PASSWORD)
     page = web.get("/")
     assert page.status_code == 303 and page.headers["location"] == "/login?next=/"
     assert web.post("/_dash-update-component", json={}).status_code == 401
@@ -126,6 +127,8 @@ def test_login_session_csrf_and_logout(sqlite_engine: Engine, web: TestClient) -
     assert form.status_code == 200 and 'name="csrf_token"' in form.text
     forged = web.post("/login", data={"username": "budi", "password": PASSWORD})
     assert forged.status_code == 403 and "its_session" not in web.cookies  # no CSRF, no session
+    junk = _sign_in(web, "budi\x00" + "x" * 100, "not the password")
+    assert junk.status_code == 401  # refused and audited, never a 5xx
     wrong = _sign_in(web, "budi", "not the password")
     assert wrong.status_code == 401 and "wrong username or password" in wrong.text
     r = _sign_in(web, "budi")
@@ -139,7 +142,7 @@ def test_login_session_csrf_and_logout(sqlite_engine: Engine, web: TestClient) -
         "permissions": ["operate", "read"],
     }  # fmt: skip
 
-    alert_id = _alert(sqlite_engine)
+    alert_id = _alert(engine)
     csrf = web.cookies["_csrf_token"]
     assert web.post(f"/api/v1/alerts/{alert_id}/ack", json={}).status_code == 403
     wrong_csrf = {"X-CSRFToken": "forged-token-of-some-length"}
@@ -157,15 +160,15 @@ def test_login_session_csrf_and_logout(sqlite_engine: Engine, web: TestClient) -
     replay = TestClient(web.app, cookies={"its_session": session_cookie}, follow_redirects=False)
     assert replay.get("/").status_code == 303  # the session ended on the server
     assert replay.get("/api/v1/network").status_code == 401
-    with sqlite_engine.connect() as conn:
+    with engine.connect() as conn:
         actions = [(e.action, e.outcome) for e in audit.query(conn, actor=None)]
     assert ("signout", "ok") in actions and ("signin", "failed") in actions
 
 
 def test_signin_link_lands_on_the_dashboard_once(
-    sqlite_engine: Engine, web: TestClient, settings: Settings
+    engine: Engine, web: TestClient, settings: Settings
 ) -> None:
-    with sqlite_engine.begin() as conn:
+    with engine.begin() as conn:
         admin = users.ensure_local_admin(conn)
         token = sessions.create_signin_link(conn, admin, lifetime=timedelta(minutes=5))
     r = web.get(f"/signin/{token}")
@@ -181,15 +184,13 @@ def test_signin_link_lands_on_the_dashboard_once(
     )
 
 
-def test_viewer_cannot_acknowledge_and_next_stays_local(
-    sqlite_engine: Engine, web: TestClient
-) -> None:
-    add_user(sqlite_engine, "vita", "viewer", PASSWORD)
+def test_viewer_cannot_acknowledge_and_next_stays_local(engine: Engine, web: TestClient) -> None:
+    add_user(engine, "vita", "viewer", PASSWORD)
     web.get("/login")
     r = web.post("/login", data={"username": "vita", "password": PASSWORD, "next": "//evil.example/",
                                  "csrf_token": web.cookies["_csrf_token"]})  # fmt: skip
     assert r.headers["location"] == "/"
-    alert_id = _alert(sqlite_engine)
+    alert_id = _alert(engine)
     csrf = {"X-CSRFToken": web.cookies["_csrf_token"]}
     refused = web.post(f"/api/v1/alerts/{alert_id}/ack", json={}, headers=csrf)
     assert refused.status_code == 403 and "role viewer" in refused.json()["detail"]

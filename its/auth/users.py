@@ -89,6 +89,8 @@ def add_user(
 ) -> User:
     """Create an account; ``password_hash`` from :meth:`Passwords.hash` (None: link sign-in only)."""
     check_username(username)
+    if display_name and ("\x00" in display_name or len(display_name) > 200):
+        raise ValueError("a display name has at most 200 characters and no NUL")
     if find_user(conn, username) is not None:
         raise ConflictError(f"user {username!r} already exists")
     at = now or datetime.now(UTC)
@@ -201,7 +203,11 @@ def sign_in(
 
     with engine.connect() as conn:
         failures = audit.count_failures(conn, "signin", username, now - window)
-        row = conn.execute(select(schema.users).where(schema.users.c.username == username)).first()
+        row = (
+            conn.execute(select(schema.users).where(schema.users.c.username == username)).first()
+            if USERNAME.match(username)  # no account has any other name: no query for junk
+            else None
+        )
     if failures >= max_failures:
         refuse("denied", "throttled", "too many failed sign-ins for this username: try again later",
                recent_failures=failures)  # fmt: skip

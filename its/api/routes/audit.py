@@ -36,6 +36,8 @@ def audit_log(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIMIT)] = 100,
 ) -> list[dict]:
+    if "\x00" in (actor or "") + (action or ""):
+        raise QueryError("actor and action cannot contain a NUL character")
     try:
         start = as_utc(since) if since else None
     except OverflowError:
