@@ -177,6 +177,7 @@ def test_signin_link_lands_on_the_dashboard_once(
     assert web.get("/api/v1/audit").status_code == 200  # the admin reads the audit log
     again = TestClient(web.app, follow_redirects=False).get(f"/signin/{token}")
     assert again.status_code == 303 and again.headers["location"].startswith("/login")
+    assert "already used or has expired" in web.get(again.headers["location"]).text
     entries = web.get("/api/v1/audit", params={"action": "signin.link"}).json()
     assert [e["outcome"] for e in entries] == ["failed", "ok"]
     assert (

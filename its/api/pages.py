@@ -117,11 +117,17 @@ def _start(request: Request, engine: Engine, user: users.User, next_path: str) -
 
 
 @router.get("/login")
-def login_form(request: Request, settings: SettingsDep, next: str = "/") -> HTMLResponse:  # noqa: A002
+def login_form(
+    request: Request,
+    settings: SettingsDep,
+    next: str = "/",  # noqa: A002
+    expired: bool = False,
+) -> HTMLResponse:
     csrf = request.cookies.get(CSRF_COOKIE) or ""
     if not (20 <= len(csrf) <= 100):
         csrf = tokens.new_token()
-    resp = _login_page(csrf, _safe_next(next), None)
+    note = "That sign-in link was already used or has expired." if expired else None
+    resp = _login_page(csrf, _safe_next(next), note)
     _set_csrf_cookie(resp, csrf, settings)
     return resp
 
