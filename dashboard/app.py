@@ -6,6 +6,10 @@ and a middleware that only handles those paths, so the API under ``/api/v1``, ``
 catch-all ``GET /{path}`` route (added at startup, meant for multi-page apps). This dashboard is a
 single page, and the catch-all would answer a mistyped API URL such as ``/api/v1/segmnts`` with
 the dashboard's HTML and status 200 instead of a JSON 404.
+
+The page is for signed-in people only: :class:`its.api.pages.SessionGate` (added by ``its web``)
+keeps ``/`` and ``/_dash-*`` behind a session and hands the callbacks the person's identity
+(dashboard/session.py); the layout is a function so it can greet that person.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING
 from dash import Dash
 from sqlalchemy.engine import Engine
 
-from dashboard import callbacks, layout, views
+from dashboard import callbacks, layout, session, views
 from its.config import Settings
 from its.network import Network
 
@@ -40,7 +44,16 @@ def create_dash(server: FastAPI, *, settings: Settings, engine: Engine, network:
         suppress_callback_exceptions=True,
     )
     app.backend._setup_catchall = _no_catchall  # type: ignore[method-assign]  # see module doc
-    app.layout = layout.build_layout(title=title, refresh_seconds=settings.refresh_seconds)
+
+    def page() -> object:
+        """The page for the person asking (``Signed in as ...``, the sign-out form's token)."""
+        who = session.current_identity(app)
+        user = layout.user_box(
+            who.display_name if who else None, who.role if who else None, session.csrf_token(app)
+        )
+        return layout.build_layout(title=title, refresh_seconds=settings.refresh_seconds, user=user)
+
+    app.layout = page
     callbacks.register_callbacks(app, d)
     return app
 

@@ -14,6 +14,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, no_update
 
 from dashboard import views
 from dashboard.ids import ids
+from dashboard.session import current_identity
 
 
 def register_callbacks(app: Dash, d: views.Dashboard) -> None:
@@ -36,22 +37,22 @@ def register_callbacks(app: Dash, d: views.Dashboard) -> None:
         Input(ids.ack_version, "data"),
     )
     async def refresh_alerts(_n: int, _version: int) -> tuple[Any, Any]:
-        return await asyncio.to_thread(views.alerts_view, d)
+        return await asyncio.to_thread(views.alerts_view, d, current_identity(app))
 
     @app.callback(
         Output(ids.ack_message, "children"),
         Output(ids.ack_version, "data"),
         Input(ids.ack_button(ALL), "n_clicks"),
-        State(ids.operator, "value"),
         State(ids.comment, "value"),
         State(ids.ack_version, "data"),
         prevent_initial_call=True,
     )
-    async def acknowledge(_clicks: list, operator: str, comment: str, version: int) -> Any:
+    async def acknowledge(_clicks: list, comment: str, version: int) -> Any:
         if not (ctx.triggered_id and ctx.triggered and ctx.triggered[0]["value"]):
             return no_update, no_update  # buttons re-rendered, nobody clicked
-        alert_id = ctx.triggered_id["alert"]
-        msg = await asyncio.to_thread(views.acknowledge, d, alert_id, operator, comment)
+        alert_id, who = ctx.triggered_id["alert"], current_identity(app)
+        client = app.backend.request_adapter().remote_addr
+        msg = await asyncio.to_thread(views.acknowledge, d, alert_id, who, comment, client)
         return msg, (version or 0) + 1
 
     @app.callback(

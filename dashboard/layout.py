@@ -115,9 +115,13 @@ def _alert_target(alert: Mapping[str, Any], names: Mapping[str, str] | None) -> 
 
 
 def alert_item(
-    alert: Mapping[str, Any], tz: tzinfo | str | None = None, names: Mapping[str, str] | None = None
+    alert: Mapping[str, Any],
+    tz: tzinfo | str | None = None,
+    names: Mapping[str, str] | None = None,
+    can_ack: bool = True,
 ) -> html.Div:
-    """One alert row: severity, target, message, times, count, and ack state or an ack button."""
+    """One alert row: severity, target, message, times, count, and ack state or an ack button
+    (disabled for people whose role cannot acknowledge)."""
     severity = alert.get("severity", "info")
     acked_by = alert.get("acked_by")
     if acked_by:
@@ -135,7 +139,10 @@ def alert_item(
             id=ids.ack_button(alert["id"]),
             n_clicks=0,
             className="ack-button",
-            title=f"Acknowledge alert #{alert['id']}",
+            disabled=not can_ack,
+            title=f"Acknowledge alert #{alert['id']}"
+            if can_ack
+            else "Your role can view alerts but not acknowledge them",
         )
     return html.Div(
         id=ids.alert_item(alert["id"]),
@@ -173,11 +180,12 @@ def alert_items(
     alerts: Sequence[Mapping[str, Any]],
     tz: tzinfo | str | None = None,
     names: Mapping[str, str] | None = None,
+    can_ack: bool = True,
 ) -> list[html.Div]:
     """The alert list (already newest first from the store), or a calm "no active alerts"."""
     if not alerts:
         return [html.Div("No active alerts", className="alerts-empty")]
-    return [alert_item(a, tz, names) for a in alerts]
+    return [alert_item(a, tz, names, can_ack) for a in alerts]
 
 
 def alerts_count(alerts: Sequence[Mapping[str, Any]]) -> str:
@@ -192,8 +200,35 @@ def ack_message(text: str, tone: str = "info") -> html.Div:
 # --------------------------------------------------------------------------- page
 
 
+def user_box(who: str | None, role: str | None, csrf_token: str) -> html.Div:
+    """ "Signed in as ... (role)" and a Sign-out button: a plain form POST to ``/logout`` with the
+    session's CSRF token, so signing out works even if the page's scripts have stalled."""
+    if not who:
+        return html.Div(className="user-box")
+    return html.Div(
+        className="user-box",
+        children=[
+            html.Span(f"Signed in as {who} ({role})", id=ids.signed_in, className="signed-in"),
+            html.Form(
+                action="/logout",
+                method="post",
+                className="sign-out-form",
+                children=[
+                    dcc.Input(type="hidden", name="csrf_token", value=csrf_token),
+                    html.Button("Sign out", id=ids.sign_out, type="submit", className="sign-out"),
+                ],
+            ),
+        ],
+    )
+
+
 def build_layout(
-    *, title: str, refresh_seconds: float, segment_figure: Any = None, map_figure: Any = None
+    *,
+    title: str,
+    refresh_seconds: float,
+    segment_figure: Any = None,
+    map_figure: Any = None,
+    user: html.Div | None = None,
 ) -> html.Div:
     """The whole page; the callbacks fill the live parts on the first interval tick."""
     return html.Div(
@@ -204,6 +239,7 @@ def build_layout(
                 children=[
                     html.H1(title),
                     html.Div(id=ids.last_updated, className="last-updated", children="loading…"),
+                    user if user is not None else html.Div(className="user-box"),
                 ],
             ),
             html.Section(id=ids.kpis, className="kpi-row", children=kpi_cards(None)),
@@ -233,15 +269,6 @@ def build_layout(
                             html.Div(
                                 className="ack-form",
                                 children=[
-                                    dcc.Input(
-                                        id=ids.operator,
-                                        type="text",
-                                        placeholder="Operator name",
-                                        debounce=False,
-                                        persistence=True,
-                                        persistence_type="local",
-                                        className="operator-input",
-                                    ),
                                     dcc.Input(
                                         id=ids.comment,
                                         type="text",

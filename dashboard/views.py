@@ -15,6 +15,9 @@ from sqlalchemy.engine import Engine
 
 from dashboard import figures, layout
 from its.alerts import store
+from its.auth import audit
+from its.auth.identity import Identity
+from its.auth.roles import Permission
 from its.config import Settings
 from its.errors import ConflictError, NotFoundError, QueryError
 from its.network import Network
@@ -70,24 +73,44 @@ def live_view(d: Dashboard, wall_now: datetime | None = None) -> LiveView:
     return LiveView(fig, layout.kpi_cards(kpis), updated)
 
 
-def alerts_view(d: Dashboard) -> tuple[list[Any], str]:
-    """The active alerts, newest first, and the count line above them."""
+def alerts_view(d: Dashboard, who: Identity | None = None) -> tuple[list[Any], str]:
+    """The active alerts, newest first, and the count line above them; the Acknowledge buttons
+    are disabled for people whose role cannot acknowledge."""
     with d.engine.connect() as conn:
         alerts = [a.to_dict() for a in store.list_alerts(conn, state="active", limit=100)]
-    return layout.alert_items(alerts, d.tz, d.names), layout.alerts_count(alerts)
+    can_ack = who is not None and who.can(Permission.operate)
+    return layout.alert_items(alerts, d.tz, d.names, can_ack), layout.alerts_count(alerts)
 
 
-def acknowledge(d: Dashboard, alert_id: int, operator: str | None, comment: str | None) -> Any:
-    """Acknowledge one alert as ``operator``; returns the message to show the operator."""
-    who = (operator or "").strip()
-    if not who:
+def acknowledge(
+    d: Dashboard,
+    alert_id: int,
+    who: Identity | None,
+    comment: str | None,
+    client: str | None = None,
+) -> Any:
+    """Acknowledge one alert as the signed-in person; returns the message to show them.
+
+    The acknowledgement and its audit entry commit together. A role without ``operate`` is
+    refused with a message (the button is disabled for it too, but a page left open while an
+    administrator changed the role still sends clicks)."""
+    if who is None:
+        return layout.ack_message("Your session has ended: sign in again to acknowledge.", "warn")
+    if not who.can(Permission.operate):
         return layout.ack_message(
-            "Type your operator name above before acknowledging an alert.", "warn"
+            f"Your role ({who.role}) can view alerts but not acknowledge them.", "warn"
         )
+    comment = (comment or "").strip() or None
     try:
         with d.engine.begin() as conn:
-            rec = store.acknowledge(
-                conn, alert_id, operator=who, comment=(comment or "").strip() or None
+            rec = store.acknowledge(conn, alert_id, operator=who.actor, comment=comment)
+            audit.record(
+                conn,
+                "alert.ack",
+                actor=who.actor,
+                target=f"alert:{alert_id}",
+                detail={**who.audit_detail, "comment": rec.ack_comment},
+                client=client,
             )
     except NotFoundError:
         return layout.ack_message(f"Alert #{alert_id} no longer exists.", "warn")

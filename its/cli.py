@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from its.cli_auth import audit_cmd, keys_app, signin_url, users_app
 from its.config import MqttEndpoint, Settings, get_settings
 
 app = typer.Typer(
@@ -27,6 +28,9 @@ db_app = typer.Typer(help="Schema migrations and the road network.", no_args_is_
 sim_app = typer.Typer(help="Simulated sensor traffic over MQTT.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit_cmd)
 
 log = logging.getLogger("its")
 STOP_TIMEOUT_S = 30.0  # how long `its up` waits for its components to finish after Ctrl-C
@@ -224,9 +228,13 @@ def build_web_app(settings: Settings, *, engine=None, network=None):  # noqa: AN
     from dashboard.app import create_dash
     from its.api.app import create_app
     from its.api.limits import BodySizeLimitMiddleware
+    from its.api.pages import SessionGate
 
     api = create_app(settings, engine=engine, network=network)
     create_dash(api, settings=settings, engine=api.state.engine, network=api.state.network)
+    # Added after Dash's own middleware, so it runs first: no session, no dashboard.
+    api.add_middleware(SessionGate, engine=api.state.engine)
+    # Added last, so outermost: an oversized body is refused before anything reads it.
     api.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http_max_body_bytes)
     return api
 
@@ -265,7 +273,18 @@ def web_cmd() -> None:
     engine, network = _migrated_store(settings)
     server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
     typer.echo(f"dashboard: http://{settings.web_host}:{settings.web_port}/")
+    if not _has_accounts(engine):
+        typer.echo(
+            "no accounts yet: create an administrator with `its users add NAME --role admin`"
+        )
     server.run()
+
+
+def _has_accounts(engine) -> bool:  # noqa: ANN001
+    from its.auth.users import count_users
+
+    with engine.connect() as conn:
+        return count_users(conn) > 0
 
 
 # --------------------------------------------------------------------------- up
@@ -310,6 +329,27 @@ class _Component(threading.Thread):
             self._stop_all.set()
 
 
+def _local_signin_link(settings: Settings, engine) -> str:  # noqa: ANN001
+    """Like Jupyter's token URL: create the local admin on a store without accounts, and a fresh
+    one-time sign-in link for it on every start."""
+    from datetime import timedelta
+
+    from its.auth import sessions, users
+
+    with engine.begin() as conn:
+        admin = users.ensure_local_admin(conn)
+        if admin is None:
+            return "sign in at /login with your account (`its users add` makes one)"
+        token = sessions.create_signin_link(
+            conn, admin, lifetime=timedelta(seconds=settings.signin_link_lifetime_s)
+        )
+    minutes = settings.signin_link_lifetime_s // 60
+    return (
+        f"sign in: {signin_url(settings, token)}   "
+        f"(one-time link for {admin.username}, valid {minutes} min)"
+    )
+
+
 @app.command("up")
 def up_cmd(
     speed: Annotated[
@@ -336,6 +376,7 @@ def up_cmd(
     _check_port_free(settings.web_host, settings.web_port)
     engine, network = _migrated_store(settings)
     log.info("store: %s (%s)", engine.url.render_as_string(), detect_backend(engine).value)
+    signin = _local_signin_link(settings, engine)
 
     broker = None
     endpoint = settings.mqtt_endpoint
@@ -381,6 +422,7 @@ def up_cmd(
             f"dashboard: http://{settings.web_host}:{settings.web_port}/   "
             f"API: http://{settings.web_host}:{settings.web_port}/docs   (Ctrl-C stops all)"
         )
+        typer.echo(signin)
     stop.wait()
     server.should_exit = True
     deadline = time.monotonic() + STOP_TIMEOUT_S  # one budget for all, not one each

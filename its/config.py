@@ -84,6 +84,38 @@ class Settings(BaseSettings):
         180, ge=1, description="Live state older than this (in data time) is marked stale."
     )
 
+    # identity (docs/security.md)
+    auth_anonymous_read: bool = Field(
+        False,
+        description="Let API reads (GET) through without an identity; writes always need one.",
+    )
+    session_lifetime_s: int = Field(
+        12 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="A dashboard session ends this long after sign-in.",
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="Mark session cookies Secure (HTTPS only); set it behind a TLS proxy.",
+    )
+    signin_link_lifetime_s: int = Field(
+        3600, ge=60, le=7 * 86400, description="A one-time sign-in link expires after this long."
+    )
+    signin_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failed sign-ins per username within the window before it is refused.",
+    )
+    signin_failure_window_s: int = Field(
+        900, ge=1, le=86400, description="Window of the failed sign-in throttle (and the lock-out)."
+    )
+    password_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes (time cost).")
+    password_memory_kib: int = Field(
+        65536, ge=8, le=4 * 1024 * 1024, description="argon2id memory cost in KiB."
+    )
+
     @field_validator("mqtt_url", "database_url", "ingest_worker_id", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -9,7 +9,10 @@ ITSError
 ├── StorageError         the store cannot be reached or migrated
 ├── NotFoundError        a station, segment or alert that does not exist
 ├── ConflictError        an action the current state forbids (acknowledging twice)
-└── QueryError           a query that asks for too much or makes no sense (too many points)
+├── QueryError           a query that asks for too much or makes no sense (too many points)
+└── AuthError            identity problems (its/auth)
+    ├── AuthenticationError  no, unknown, wrong, expired, revoked or throttled credentials (401)
+    └── PermissionDenied     a known identity without the role or key scope for an action (403)
 """
 
 from __future__ import annotations
@@ -53,3 +56,15 @@ class ConflictError(ITSError):
 
 class QueryError(ITSError):
     """A query that asks for too much (too many points) or makes no sense (end before start)."""
+
+
+class AuthError(ITSError):
+    """An identity problem; its text is safe to show (it never says which part was wrong)."""
+
+
+class AuthenticationError(AuthError):
+    """No, unknown, wrong, expired, revoked, disabled or throttled credentials (HTTP 401)."""
+
+
+class PermissionDenied(AuthError):
+    """A known identity without the role or key scope an action needs (HTTP 403)."""

@@ -12,6 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,20 +135,72 @@ def embedded_broker() -> Iterator[MqttEndpoint]:
     broker.stop()
 
 
+# argon2id at the smallest cost it accepts: the same code path as production, a fraction of the
+# time (the default cost is the production setting, tested in test_auth.py).
+CHEAP_PASSWORDS = {"password_time_cost": 1, "password_memory_kib": 64}
+
+
 @pytest.fixture
 def settings(tmp_path: Path, topic_prefix: str) -> Settings:
     """Settings isolated from the environment: own data dir and topic prefix."""
-    return Settings(_env_file=None, data_dir=tmp_path, topic_prefix=topic_prefix)
+    return Settings(_env_file=None, data_dir=tmp_path, topic_prefix=topic_prefix, **CHEAP_PASSWORDS)
 
 
-# --------------------------------------------------------------------------- HTTP API
+# --------------------------------------------------------------------------- identity
+
+
+def add_key(engine: Engine, scope: str = "operate", *, name: str = "tests",
+            owner: str | None = None) -> str:  # fmt: skip
+    """An API key in ``engine``; returns the ``X-API-Key`` value."""
+    from its.auth import keys
+    from its.auth.roles import Scope
+
+    with engine.begin() as conn:
+        return keys.create_key(conn, name, scope=Scope(scope), owner=owner, actor="tests")[1]
+
+
+def add_user(engine: Engine, username: str, role: str = "operator",
+             password: str | None = None) -> None:  # fmt: skip
+    """An account in ``engine`` (password hashed at the tests' cheap cost)."""
+    from its.auth import users
+    from its.auth.passwords import Passwords
+    from its.auth.roles import Role
+
+    hashed = Passwords(**_cheap()).hash(password) if password else None
+    with engine.begin() as conn:
+        users.add_user(conn, username, role=Role(role), password_hash=hashed, actor="tests")
+
+
+def _cheap() -> dict[str, int]:
+    return {"time_cost": CHEAP_PASSWORDS["password_time_cost"],
+            "memory_kib": CHEAP_PASSWORDS["password_memory_kib"]}  # fmt: skip
 
 
 @pytest.fixture
-def api_auth_headers() -> dict[str, str]:
-    """Headers that identify a caller of the API: the one place the fuzz and API tests take
-    them from. Empty while the API asks nobody who they are; an API key goes here once it does."""
-    return {}
+def api_auth_headers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Headers of a read+operate identity (an ``operate`` API key) for API tests.
+
+    The key is made in every test database the test uses (``engine``, ``sqlite_engine`` or
+    ``pg_engine``, directly or through its other fixtures), so it works with any client fixture.
+    """
+    from its.auth import tokens
+    from its.db import schema as db_schema
+
+    names = ("engine", "sqlite_engine", "pg_engine", "pg_engine_session")
+    used = [n for n in names if n in request.fixturenames]
+    if not used:
+        pytest.fail(f"api_auth_headers needs a test that uses one of {', '.join(names)}")
+    key_id, secret = f"itsk_{uuid.uuid4().hex[:12]}", tokens.new_token()
+    engines = {id(e): e for e in (request.getfixturevalue(n) for n in used)}
+    for eng in engines.values():
+        with eng.begin() as conn:
+            conn.execute(
+                db_schema.api_keys.insert().values(
+                    key_id=key_id, secret_hash=tokens.digest(secret), name="api-tests",
+                    scope="operate", created_at=datetime.now(UTC),
+                )
+            )  # fmt: skip
+    return {"X-API-Key": f"{key_id}.{secret}"}
 
 
 # --------------------------------------------------------------------------- browser

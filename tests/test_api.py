@@ -18,8 +18,12 @@ from tests.traffic_helpers import aligned, seed
 
 
 @pytest.fixture
-def client(engine: Engine, network: Network, settings: Settings) -> TestClient:
-    return TestClient(create_app(settings, engine=engine, network=network))
+def client(
+    engine: Engine, network: Network, settings: Settings, api_auth_headers: dict[str, str]
+) -> TestClient:
+    """A client with an operate-scope API key (tests/test_api_auth.py covers the refusals)."""
+    app = create_app(settings, engine=engine, network=network)
+    return TestClient(app, headers=api_auth_headers)
 
 
 def _jam_first_segment(engine: Engine, network: Network) -> tuple[datetime, str]:
@@ -132,21 +136,22 @@ def test_alerts_list_and_acknowledge(client: TestClient, engine: Engine) -> None
         )
     listed = client.get("/api/v1/alerts").json()
     assert [a["id"] for a in listed] == [second.alert.id, first.alert.id]  # newest first
-    r = client.post(
-        f"/api/v1/alerts/{first.alert.id}/ack", json={"operator": "rina", "comment": "on it"}
-    )
+    r = client.post(f"/api/v1/alerts/{first.alert.id}/ack", json={"comment": "on it"})
     assert r.status_code == 200, r.text
-    assert r.json()["acked_by"] == "rina"
+    assert (
+        r.json()["acked_by"] == "key:api-tests"
+    )  # the caller (a key without owner), not a typed name
     with engine.connect() as conn:
         row = conn.execute(select(schema.alerts).where(schema.alerts.c.id == first.alert.id)).one()
-    assert (row.acked_by, row.ack_comment) == ("rina", "on it")
+    assert (row.acked_by, row.ack_comment) == ("key:api-tests", "on it")
     assert row.acked_at is not None
-    again = client.post(f"/api/v1/alerts/{first.alert.id}/ack", json={"operator": "budi"})
+    again = client.post(f"/api/v1/alerts/{first.alert.id}/ack", json={})
     assert again.status_code == 409
-    assert "rina" in again.json()["detail"]
-    assert client.post("/api/v1/alerts/999999/ack", json={"operator": "x"}).status_code == 404
-    blank = client.post(f"/api/v1/alerts/{second.alert.id}/ack", json={"operator": "  "})
-    assert blank.status_code == 422
+    assert "key:api-tests" in again.json()["detail"]
+    assert client.post("/api/v1/alerts/999999/ack", json={}).status_code == 404
+    typed = client.post(f"/api/v1/alerts/{second.alert.id}/ack", json={"operator": "budi"})
+    assert typed.status_code == 422  # a typed name is refused, not silently ignored
+    assert "operator" in typed.text
     unacked = client.get("/api/v1/alerts", params={"state": "unacknowledged"}).json()
     assert [a["id"] for a in unacked] == [second.alert.id]
     assert client.get("/api/v1/alerts", params={"state": "bogus"}).status_code == 422
@@ -156,9 +161,10 @@ def test_healthz_reports_database_and_broker(
     engine: Engine, network: Network, settings: Settings, mosquitto
 ) -> None:
     ok = TestClient(
-        create_app(settings.model_copy(update={"mqtt_url": mosquitto.url}), engine=engine,
-                   network=network)
-    ).get("/healthz")  # fmt: skip
+        create_app(
+            settings.model_copy(update={"mqtt_url": mosquitto.url}), engine=engine, network=network
+        )
+    ).get("/healthz")  # fmt: skip - /healthz needs no identity (load balancers, compose)
     assert ok.status_code == 200, ok.text
     assert ok.json()["database"] == "ok" and ok.json()["broker"] == "ok"
     down = TestClient(

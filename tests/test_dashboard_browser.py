@@ -29,13 +29,14 @@ from sqlalchemy.engine import Engine
 from dashboard.ids import ids
 from ingest.broker import free_port
 from its.alerts import store
+from its.auth import audit
 from its.cli import build_web_app
 from its.config import Settings
 from its.contract import LaneReading, Observation
 from its.db.writes import insert_readings, reading_rows, upsert_station_status
 from its.network import Network
 from tests.browser import click, wait_until
-from tests.conftest import wait_for
+from tests.conftest import add_key, add_user, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
@@ -208,22 +209,33 @@ def _click_segment(driver: webdriver.Chrome, network: Network, segment_id: str) 
     actions.perform()
 
 
+def sign_in(driver: webdriver.Chrome, username: str, password: str) -> None:
+    """Fill in the login page the dashboard redirected to, as a person would."""
+    wait_until(driver, lambda d: d.find_elements(By.ID, "username"), 20, "the login page")
+    driver.find_element(By.ID, "username").send_keys(username)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login-submit").click()
+
+
 # --------------------------------------------------------------------------- tests
 
 
-def test_dashboard_does_not_shadow_the_api(served: str) -> None:
+def test_dashboard_does_not_shadow_the_api(served: str, pg_engine: Engine) -> None:
+    key = {"X-API-Key": add_key(pg_engine, "read")}
     with httpx.Client(base_url=served, timeout=10) as client:
         page = client.get("/")
-        assert page.status_code == 200 and "_dash-renderer" in page.text
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/"
+        assert client.get("/_dash-layout").status_code == 401  # Dash's routes need a session
         assert client.get("/healthz").json()["database"] == "ok"
-        assert client.get("/api/v1/network").json()["type"] == "FeatureCollection"
-        missing = client.get("/api/v1/no-such-thing")
+        assert client.get("/api/v1/network").status_code == 401
+        assert client.get("/api/v1/network", headers=key).json()["type"] == "FeatureCollection"
+        missing = client.get("/api/v1/no-such-thing", headers=key)
         assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
         paths = set(client.get("/openapi.json").json()["paths"])
         assert "/api/v1/network" in paths
         assert not [p for p in paths if "dash" in p]  # no Dash routes listed
         assert client.get("/docs").status_code == 200
-        assert client.get("/_dash-layout").status_code == 200
+        assert "<form" in client.get("/login").text
 
 
 def test_operator_sees_the_jam_and_acknowledges_its_alert(
@@ -231,7 +243,11 @@ def test_operator_sees_the_jam_and_acknowledges_its_alert(
 ) -> None:
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     made = populate(pg_engine, network, end)
+    add_user(pg_engine, "budi", "operator", "budi's long password")
     browser.get(served + "/")
+    sign_in(browser, "budi", "budi's long password")
+    wait_until(browser, lambda d: "Signed in as budi (operator)" in _text(d, f"#{ids.signed_in}"),
+               30, "the signed-in line")  # fmt: skip
 
     bands = wait_until(browser, lambda d: d.execute_script(MAP_TRACES_JS), 60, "the map to render")
     assert {"free", "slow", "congested", "jammed", "no-data"} <= set(bands)
@@ -256,27 +272,20 @@ def test_operator_sees_the_jam_and_acknowledges_its_alert(
     )
     assert "acknowledged by Rina (shift A)" in _text(browser, f"#{ids.alerts_list}")
 
-    # Acknowledging without a name is refused with a clear message, and nothing is written.
-    click(browser, f"{row} .ack-button", "the Acknowledge button")
-    wait_until(
-        browser,
-        lambda d: "operator name" in _text(d, f"#{ids.ack_message}"),
-        20,
-        "the missing-name message",
-    )
-    assert _acked_by(pg_engine, made["jam"]) is None
-
-    operator = f"Budi {made['jam']}"
-    browser.find_element(By.ID, ids.operator).send_keys(operator)
+    # The acknowledgement records who is signed in: there is no name to type.
+    assert not browser.find_elements(By.CSS_SELECTOR, "input[placeholder='Operator name']")
     browser.find_element(By.ID, ids.comment).send_keys("tow truck sent")
     click(browser, f"{row} .ack-button", "the Acknowledge button")
-    wait_for(lambda: _acked_by(pg_engine, made["jam"]) == operator, 20, what="the ack in the DB")
+    wait_for(lambda: _acked_by(pg_engine, made["jam"]) == "budi", 20, what="the ack in the DB")
     wait_until(
         browser,
-        lambda d: f"acknowledged by {operator}" in _text(d, row),
+        lambda d: "acknowledged by budi" in _text(d, row),
         20,
         "the panel to show who acknowledged",
     )
+    with pg_engine.connect() as conn:
+        (entry,) = audit.query(conn, action="alert.ack")
+        assert (entry.actor, entry.target) == ("budi", f"alert:{made['jam']}")
     with pg_engine.connect() as conn:
         assert store.get_alert(conn, made["jam"]).ack_comment == "tow truck sent"
         assert store.get_alert(conn, made["offline"]).acked_by is None  # only the one clicked
@@ -294,3 +303,11 @@ def test_operator_sees_the_jam_and_acknowledges_its_alert(
     if shot:
         browser.execute_script(UNHOVER_JS)  # no hover label over the map, list from the top
         save_screenshot(browser, shot)
+
+    # Signing out ends the session: the dashboard sends the browser back to the login page.
+    click(browser, f"#{ids.sign_out}", "the Sign-out button")
+    wait_until(browser, lambda d: d.current_url.startswith(served + "/login"), 20, "the login page")
+    browser.get(served + "/")
+    wait_until(browser, lambda d: "/login" in d.current_url, 20, "the redirect to /login")
+    with pg_engine.connect() as conn:
+        assert [e.actor for e in audit.query(conn, action="signout")] == ["budi"]

@@ -313,6 +313,12 @@ def test_alert_items_have_ack_buttons_until_acknowledged() -> None:
         "2 active · 1 unacknowledged"
     )
     assert "No active alerts" in _text(layout.alert_items([]))
+    assert buttons[0].disabled is False
+    (viewer_button,) = _find(
+        layout.alert_items([_alert(7)], can_ack=False),
+        lambda c: isinstance(getattr(c, "id", None), dict),
+    )
+    assert viewer_button.disabled is True and "not acknowledge" in viewer_button.title
 
 
 def test_last_updated_shows_data_and_wall_time_and_lag() -> None:

@@ -6,6 +6,7 @@ Chromium who sees the congestion alert the simulator caused and acknowledges it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from its.db.engine import make_engine
 from its.network import Network
 from sim.scenario import demo_segment
 from tests.browser import click, wait_until
-from tests.conftest import wait_for
+from tests.conftest import add_key, wait_for
 
 MAP_HOVER_JS = f"""
 const gd = document.querySelector('#{ids.map_graph} .js-plotly-plot');
@@ -64,9 +65,9 @@ def its_up(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
         log.close()
 
 
-def _get(url: str) -> httpx.Response | None:
+def _get(url: str, headers: dict[str, str] | None = None) -> httpx.Response | None:
     try:
-        return httpx.get(url, timeout=5)
+        return httpx.get(url, timeout=5, headers=headers)
     except httpx.HTTPError:
         return None
 
@@ -83,9 +84,19 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
         return r is not None and r.status_code == 200
 
     wait_for(up, timeout=60, interval=0.3, what="its up to serve /healthz")
+    # Like Jupyter's token URL: a one-time link for the local admin, printed on every start.
+    link = wait_for(
+        lambda: re.search(r"sign in: (http://\S+/signin/\S+)", output.read_text()),
+        timeout=30,
+        what="the sign-in link in the output of its up",
+    ).group(1)
+    assert link.startswith(base + "/signin/")
+    engine = make_engine(f"sqlite:///{workdir / 'var' / 'its.db'}")
+    key = {"X-API-Key": add_key(engine, "read", name="system-test")}
+    assert _get(f"{base}/api/v1/network").status_code == 401  # nobody gets in without identity
 
     def live_speeds() -> int:
-        r = _get(f"{base}/api/v1/network")
+        r = _get(f"{base}/api/v1/network", key)
         feats = r.json()["features"] if r is not None and r.status_code == 200 else []
         return sum(1 for f in feats if f["properties"]["speed_kph"] is not None)
 
@@ -93,7 +104,7 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
     target = demo_segment(network)
 
     def sim_alert() -> dict | None:
-        r = _get(f"{base}/api/v1/alerts?state=all")
+        r = _get(f"{base}/api/v1/alerts?state=all", key)
         alerts = r.json() if r is not None and r.status_code == 200 else []
         return next(
             (a for a in alerts if a["rule"] == "congestion" and a["target_id"] == target), None
@@ -102,7 +113,14 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
     alert = wait_for(sim_alert, timeout=120, interval=0.5, what=f"a congestion alert on {target}")
     assert "Ingest" in output.read_text() or "ingest" in output.read_text()
 
-    browser.get(base + "/")
+    browser.get(link)  # signs in and lands on the dashboard at once
+    wait_until(
+        browser,
+        lambda d: "Signed in as" in d.find_element(By.ID, ids.signed_in).text,
+        60,
+        "the dashboard, signed in as the local admin",
+    )
+    assert browser.current_url == base + "/"
     wait_until(
         browser,
         lambda d: d.find_elements(By.CSS_SELECTOR, f"#{ids.map_graph} canvas"),
@@ -116,17 +134,14 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
     assert not errors, errors
     row = f"#{ids.alert_item(alert['id'])}"
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), 60, "the alert row")
-    browser.find_element(By.ID, ids.operator).send_keys("dewi")
     click(browser, f"{row} .ack-button", "the Acknowledge button")
-
-    engine = make_engine(f"sqlite:///{workdir / 'var' / 'its.db'}")
     a = schema.alerts
 
     def acked_by() -> str | None:
         with engine.connect() as conn:
             return conn.execute(select(a.c.acked_by).where(a.c.id == alert["id"])).scalar()
 
-    assert wait_for(acked_by, timeout=30, what="the acknowledgement in the database") == "dewi"
+    assert wait_for(acked_by, timeout=30, what="the acknowledgement in the database") == "admin"
     engine.dispose()
 
     proc.send_signal(signal.SIGINT)

@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
 from its.api.health import router as health_router
+from its.api.pages import router as pages_router
 from its.api.routes import api_router
+from its.auth.passwords import Passwords
 from its.config import Settings, get_settings
 from its.errors import ConflictError, NotFoundError, QueryError
 from its.network import Network
@@ -26,6 +28,10 @@ Definitions (PeMS conventions, metric units): flow in vehicles per hour; speed t
 harmonic mean of lane speeds, single loops estimated from occupancy with a 6.7 m effective vehicle
 length; occupancy a fraction 0..1; `pct_observed` the share of expected lane intervals that
 arrived. Times are UTC (ISO 8601); a time without a zone is read as UTC.
+
+Authentication: programs send an API key, `X-API-Key: <key_id>.<secret>` (made with
+`its keys create`, scope `read` or `operate`); the dashboard's session cookie works too, with the
+`X-CSRFToken` header on writes. 401: no usable identity; 403: the identity may not do this.
 """
 
 _STATUS = {NotFoundError: 404, ConflictError: 409, QueryError: 400}
@@ -50,11 +56,13 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.resolved_database_url)
     app.state.network = network or load_network(settings.network_file)
+    app.state.passwords = Passwords.from_settings(settings)
 
     for exc_type, status in _STATUS.items():
         app.add_exception_handler(exc_type, _handler(status))
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(health_router)
+    app.include_router(pages_router)
     app.include_router(api_router)
     return app
 

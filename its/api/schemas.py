@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from its.api.params import reject_control_characters
 
 #: a name with at least one visible character and no control characters, as the schema states it
-_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 #: free text: tabs and line breaks, but no other control character
 _TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 
@@ -186,16 +185,12 @@ class AlertOut(BaseModel):
 
 
 class AckRequest(BaseModel):
+    """Who acknowledges is the caller (the signed-in user, or the API key's owner or name), never
+    a name in the body: an ``operator`` field is refused (422)."""
+
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"example": {"operator": "rina", "comment": "Police on site"}},
-    )
-    operator: str = Field(
-        min_length=1,
-        max_length=100,
-        pattern=r"\S",
-        description="Who acknowledges (no control characters)",
-        json_schema_extra={"pattern": _NAME_PATTERN},
+        json_schema_extra={"example": {"comment": "Police on site"}},
     )
     comment: str | None = Field(
         None,
@@ -204,15 +199,29 @@ class AckRequest(BaseModel):
         json_schema_extra={"pattern": _TEXT_PATTERN},
     )
 
-    @field_validator("operator")
-    @classmethod
-    def _printable_operator(cls, value: str) -> str:
-        return reject_control_characters(value)
-
     @field_validator("comment")
     @classmethod
     def _printable_comment(cls, value: str | None) -> str | None:
         return None if value is None else reject_control_characters(value, allowed="\t\n\r")
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: str
+    actor: str | None = Field(description="username, key:<key_id>, or null (unknown caller)")
+    action: str = Field(description="signin, signout, key.use, alert.ack, user.add, ...")
+    target: str | None
+    outcome: Literal["ok", "failed", "denied"]
+    detail: dict[str, Any] | None
+    client: str | None = Field(description="client address")
+
+
+class IdentityOut(BaseModel):
+    actor: str = Field(description="the name recorded on what this identity does")
+    via: Literal["session", "key", "anonymous"]
+    role: str = Field(description="viewer | operator | supervisor | admin, or key:<scope>")
+    display_name: str
+    permissions: list[str]
 
 
 class Health(BaseModel):

@@ -183,3 +183,86 @@ rule_state = Table(
     comment="Alert rules' memory (windows, streaks) and the evaluator's progress, so a restart "
     "resumes exactly.",
 )
+
+# --------------------------------------------------------------------------- identity
+# People (users, their sessions and one-time sign-in links), programs (API keys) and the audit
+# log (its/auth). Only hashes of session tokens, sign-in links and key secrets are stored: a copy
+# of the database signs nobody in.
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False),
+    Column("role", String(16), nullable=False, comment="viewer | operator | supervisor | admin"),
+    Column(
+        "password_hash",
+        String(255),
+        nullable=True,
+        comment="argon2id (PHC string); null: signs in only through a one-time link",
+    ),
+    Column("disabled", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_signin_at", UTCDateTime, nullable=True),
+    comment="People who sign in to the dashboard and API.",
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True, comment="SHA-256 of the cookie"),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("csrf_hash", String(64), nullable=False, comment="SHA-256 of the CSRF token"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("client", String(64), nullable=True, comment="address that signed in"),
+    comment="Server-side sessions of signed-in people (cookie its_session).",
+)
+
+signin_links = Table(
+    "signin_links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    comment="One-time sign-in links (/signin/<token>), as `its up` prints.",
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", String(32), nullable=False, unique=True, comment="public part of the key"),
+    Column("secret_hash", String(64), nullable=False, comment="SHA-256 of the secret part"),
+    Column("name", String(100), nullable=False),
+    Column("scope", String(16), nullable=False, comment="read | operate"),
+    Column("owner_id", ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    comment="API keys of programs (X-API-Key: <key_id>.<secret>).",
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(128), nullable=True, comment="username, key:<key_id>, or null"),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(200), nullable=True),
+    Column("outcome", String(16), nullable=False, comment="ok | failed | denied"),
+    Column("detail", JSON, nullable=True),
+    Column("client", String(64), nullable=True, comment="client address"),
+    comment="Security-relevant events: sign-in, failed sign-in, key use, acknowledgement, user "
+    "and key changes.",
+)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from its.alerts import store
 from its.api.deps import ConnDep, TxDep
 from its.api.params import AlertId
 from its.api.schemas import AckRequest, AlertOut, ErrorOut
+from its.api.security import Caller, client_address
+from its.auth import audit
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
@@ -37,11 +39,21 @@ def get_alert(conn: ConnDep, alert_id: AlertId) -> dict:
         409: {"model": ErrorOut},
         413: {"model": ErrorOut, "description": "A body over ITS_HTTP_MAX_BODY_BYTES"},
     },
-    summary="Acknowledge an alert (who, when, comment)",
+    summary="Acknowledge an alert as the caller (who, when, comment)",
 )
-def acknowledge(tx: TxDep, alert_id: AlertId, body: AckRequest) -> dict:
-    """Records the operator, the time and the comment, and an entry in the alert's history.
-    Acknowledging an acknowledged alert is a 409 naming who did it first."""
-    return store.acknowledge(
-        tx, alert_id, operator=body.operator.strip(), comment=body.comment
-    ).to_dict()
+def acknowledge(
+    tx: TxDep, caller: Caller, request: Request, alert_id: AlertId, body: AckRequest
+) -> dict:
+    """Records the caller (the signed-in user, or the API key's owner, else ``key:<name>``), the
+    time and the comment, an entry in the alert's history and one in the audit log. Needs the
+    ``operate`` permission. Acknowledging an acknowledged alert is a 409 naming who did it first."""
+    rec = store.acknowledge(tx, alert_id, operator=caller.actor, comment=body.comment)
+    audit.record(
+        tx,
+        "alert.ack",
+        actor=caller.actor,
+        target=f"alert:{alert_id}",
+        detail={**caller.audit_detail, "comment": rec.ack_comment},
+        client=client_address(request),
+    )
+    return rec.to_dict()
