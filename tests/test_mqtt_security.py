@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -425,3 +426,31 @@ def test_passwords_need_not_sit_in_the_url(tmp_path: Path, monkeypatch: pytest.M
     assert Settings(_env_file=None).mqtt_endpoint.password == "from-env"  # type: ignore[union-attr]
     url = MqttEndpoint.parse("mqtts://u%40x:p%3Aw@host")
     assert (url.port, url.username, url.password) == (8883, "u@x", "p:w")
+
+
+def test_documented_client_works_over_tls_with_its_station_login(
+    secure_broker: SecureBroker, secure_settings: Settings, pg_engine: Engine, tmp_path: Path
+) -> None:
+    from tests.test_mqtt_docs import _example
+
+    ingest = start_ingest(secure_settings, secure_broker.as_user("its-ingest"), pg_engine)
+    script = tmp_path / "station.py"
+    script.write_text(_example())
+    env = {
+        **os.environ,
+        "MQTT_HOST": "localhost",
+        "MQTT_PORT": str(secure_broker.tls.port),
+        "MQTT_PASSWORD": secure_broker.creds.for_station(A).password,
+        "MQTT_CA_FILE": str(secure_broker.tls.ca_file),
+        "TOPIC_PREFIX": secure_broker.creds.prefix,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: _rows(pg_engine, A) == 20, what="the example's 20 lane readings")
+        wait_for(lambda: _state(pg_engine, A) == "offline", what="the example's goodbye")
+    finally:
+        ingest.stop.set()
+        ingest.thread.join(15)
