@@ -86,7 +86,8 @@ def secure_broker(
     base = tmp_path_factory.mktemp("mosquitto")
     (base / "data").mkdir()
     prefix = f"test/{uuid.uuid4().hex[:12]}/its/v1"
-    creds, _ = plan_credentials(prefix, [s.station_id for s in network.stations], [GATEWAY])
+    ids = [s.station_id for s in network.stations]
+    creds, _ = plan_credentials(prefix, ids, [GATEWAY, "sim-backfill"])
     write_broker_files(creds, base)
     tls = make_trial_certificates(base, ["localhost", "127.0.0.1"])
     tls_port, plain_port = free_port(), free_port()
@@ -454,3 +455,57 @@ def test_documented_client_works_over_tls_with_its_station_login(
     finally:
         ingest.stop.set()
         ingest.thread.join(15)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_healthz_checks_the_tls_broker_without_a_login(
+    secure_broker: SecureBroker, settings: Settings, sqlite_engine: Engine, network: Network
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from its.api.app import create_app
+
+    tls = secure_broker.tls
+    health = {}
+    for name, ca in (("own CA", tls.ca_file), ("another CA", None)):
+        url = f"mqtts://localhost:{tls.port}"
+        app = create_app(
+            settings.model_copy(update={"mqtt_url": url, "mqtt_ca_file": ca}),
+            engine=sqlite_engine,
+            network=network,
+        )
+        answer = TestClient(app).get("/healthz")
+        health[name] = (answer.status_code, answer.json()["broker"])
+    gc.collect()
+    assert health == {"own CA": (200, "ok"), "another CA": (503, "unreachable")}
+
+
+def test_backfill_logs_in_as_its_gateway(
+    secure_broker: SecureBroker, secure_settings: Settings, pg_engine: Engine, network: Network
+) -> None:
+    from sim.backfill import backfill
+
+    ingest = start_ingest(secure_settings, secure_broker.as_user("its-ingest"), pg_engine)
+    try:
+        stats = backfill(
+            secure_settings, secure_broker.tls, 0.05, progress=False, network=network, seed=3
+        )
+        wait_for(lambda: _all_rows(pg_engine) == stats.readings, timeout=60, what="the backfill")
+    finally:
+        ingest.stop.set()
+        ingest.thread.join(15)
+    assert stats.readings == 6 * sum(s.lanes for s in network.stations)
+    # without the gateway's login the backfill says how to make one, before connecting
+    creds, _ = plan_credentials(secure_broker.creds.prefix, [A])
+    other = secure_broker.dir / "no-gateway"
+    write_broker_files(creds, other)
+    no_gateway = secure_settings.model_copy(
+        update={"sim_credentials_file": other / "credentials.json"}
+    )
+    with pytest.raises(ConfigError, match="--gateway sim-backfill"):
+        backfill(no_gateway, secure_broker.tls, 0.05, progress=False, network=network)
+
+
+def _all_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(schema.readings)).scalar_one()
