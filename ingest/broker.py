@@ -4,6 +4,14 @@ It runs on its own asyncio loop in a background thread, bound to 127.0.0.1 only,
 port or, where that is taken, on a free one, so that ``its up`` works beside a system Mosquitto.
 amqtt speaks MQTT 3.1.1 and moves a few thousand messages a second: right for a demo, not for load
 tests (point ``ITS_MQTT_URL`` at Mosquitto or EMQX for those).
+
+Given a credentials file (``ITS_EMBEDDED_MQTT_CREDENTIALS``, written by ``its mqtt credentials``)
+it refuses anonymous clients and wrong passwords and enforces the same per-user topic ACLs as the
+generated Mosquitto files (:func:`its.mqtt_auth.grants`). amqtt 0.12's own plugins cannot do
+that here: its ``FileAuthPlugin`` reads only argon2/sha512-crypt hashes, its ACL plugin warns on
+the only subscribe option its config accepts, and neither looks at a client's Last Will, which
+amqtt publishes and retains without any topic check. So two small plugins do it, checking
+the Will topic at CONNECT as Mosquitto does (``ingest/broker_auth.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ import asyncio
 import logging
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from its.config import MqttEndpoint
 from its.errors import ConfigError
+from its.mqtt_auth import load_credentials
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +50,32 @@ def free_port(host: str = HOST) -> int:
         return int(s.getsockname()[1])
 
 
-def broker_config(port: int) -> dict[str, Any]:
+def broker_config(port: int, credentials_file: Path | None = None) -> dict[str, Any]:
+    """amqtt's configuration: anonymous, or logins and ACLs from a credentials file."""
+    if credentials_file is None:
+        plugins: dict[str, Any] = {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+        }
+    else:
+        section = {"credentials_file": str(credentials_file)}
+        plugins = {
+            "ingest.broker_auth.CredentialsAuthPlugin": section,
+            "ingest.broker_auth.TopicAclPlugin": section,
+        }
     return {
         "listeners": {
             "default": {"type": "tcp", "bind": f"{HOST}:{port}", "max_connections": 1000}
         },
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": plugins,
     }
 
 
 class EmbeddedBroker:
     """An in-process amqtt broker; use as a context manager or call start()/stop()."""
 
-    def __init__(self, port: int = 1883) -> None:
+    def __init__(self, port: int = 1883, credentials_file: Path | None = None) -> None:
         self.requested_port = port
+        self.credentials_file = credentials_file
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -68,6 +90,8 @@ class EmbeddedBroker:
         return MqttEndpoint(HOST, self.port)
 
     def start(self, timeout: float = 10.0) -> MqttEndpoint:
+        if self.credentials_file is not None:
+            load_credentials(self.credentials_file)  # a clear ConfigError before any thread
         port = self.requested_port
         if port == 0 or not port_is_free(port):
             if port:
@@ -90,7 +114,8 @@ class EmbeddedBroker:
         asyncio.set_event_loop(loop)
 
         async def boot() -> None:
-            self._broker = Broker(broker_config(self.port or 0), loop=loop)
+            config = broker_config(self.port or 0, self.credentials_file)
+            self._broker = Broker(config, loop=loop)
             await self._broker.start()
 
         try:

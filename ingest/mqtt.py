@@ -1,10 +1,13 @@
 """paho-mqtt clients built the same way everywhere (ingest, simulator, alert publisher).
 
 MQTT 3.1.1 throughout: it is what the embedded broker speaks, and paho is faster with it than
-with MQTT 5.
+with MQTT 5. An ``mqtts://`` endpoint gets TLS with the broker's certificate and host name
+verified (against ``ITS_MQTT_CA_FILE`` or the system's CAs); there is no switch to skip the check.
 """
 
 from __future__ import annotations
+
+import ssl
 
 import paho.mqtt.client as mqtt
 
@@ -32,17 +35,32 @@ def make_client(
     )
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
+    if endpoint.tls:
+        client.tls_set_context(tls_context(endpoint))
     if will is not None:
         topic, payload, qos, retain = will
         client.will_set(topic, payload, qos=qos, retain=retain)
     return client
 
 
+def tls_context(endpoint: MqttEndpoint) -> ssl.SSLContext:
+    """A client TLS context that verifies the broker's certificate chain and host name."""
+    try:
+        return ssl.create_default_context(
+            cafile=str(endpoint.ca_file) if endpoint.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use the MQTT CA file {endpoint.ca_file}: {exc}") from exc
+
+
 def connect(client: mqtt.Client, endpoint: MqttEndpoint, keepalive: int = 30) -> None:
-    """Connect, turning socket errors into a ConfigError that names the broker."""
+    """Connect, turning socket and TLS errors into a ConfigError that names the broker."""
     try:
         client.connect(endpoint.host, endpoint.port, keepalive=keepalive)
-    except OSError as exc:
+    except ssl.SSLError as exc:  # an OSError too; say that it is the certificate
         raise ConfigError(
-            f"cannot reach the MQTT broker at {endpoint.host}:{endpoint.port}: {exc}"
+            f"TLS with the MQTT broker at {endpoint.url} failed: {exc} (is ITS_MQTT_CA_FILE the "
+            "CA that signed the broker's certificate, and is the host name in it?)"
         ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the MQTT broker at {endpoint.url}: {exc}") from exc

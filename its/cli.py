@@ -26,11 +26,16 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Schema migrations and the road network.", no_args_is_help=True)
 sim_app = typer.Typer(help="Simulated sensor traffic over MQTT.", no_args_is_help=True)
+mqtt_app = typer.Typer(
+    help="Broker logins, topic ACLs and TLS certificates for sensors and services.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.command("audit")(audit_cmd)
+app.add_typer(mqtt_app, name="mqtt")
 
 log = logging.getLogger("its")
 STOP_TIMEOUT_S = 30.0  # how long `its up` waits for its components to finish after Ctrl-C
@@ -66,8 +71,18 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _broker(settings: Settings) -> MqttEndpoint | None:
+    """``ITS_MQTT_URL`` with its credential settings, or a clear error naming what is wrong."""
+    from its.errors import ConfigError
+
+    try:
+        return settings.mqtt_endpoint
+    except (ConfigError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def _require_broker(settings: Settings) -> MqttEndpoint:
-    endpoint = settings.mqtt_endpoint
+    endpoint = _broker(settings)
     if endpoint is None:
         raise typer.BadParameter(
             "ITS_MQTT_URL is not set: point it at a broker (mqtt://host:1883), "
@@ -137,6 +152,114 @@ def db_load_network(
     with engine.begin() as conn:
         n = migrate.load_network(conn, net, replace=True)
     typer.echo(f"loaded {len(net.segments)} segments and {n} stations from {path}")
+
+
+# --------------------------------------------------------------------------- mqtt
+
+
+@mqtt_app.command("credentials")
+def mqtt_credentials(
+    out: Annotated[
+        Path,
+        typer.Option(
+            file_okay=False,
+            envvar="ITS_MQTT_CREDENTIALS_DIR",
+            help="Directory for credentials.json (0600), passwd and acl (Mosquitto's files).",
+        ),
+    ] = Path("deploy/mqtt"),
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option(help="A gateway id to give a login (repeatable; kept on later runs)."),
+    ] = None,
+    rotate: Annotated[bool, typer.Option(help="New passwords for every user.")] = False,
+    rotate_user: Annotated[
+        list[str] | None, typer.Option(help="New password for this user (repeatable).")
+    ] = None,
+    revoke: Annotated[
+        list[str] | None, typer.Option(help="Remove this user, e.g. gateway.gw-7 (repeatable).")
+    ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            dir_okay=False,
+            help="Also set ITS_MQTT_INGEST_PASSWORD and ITS_MQTT_ALERTS_PASSWORD in this .env "
+            "file (docker-compose.yml reads them from there).",
+        ),
+    ] = None,
+) -> None:
+    """Generate broker logins from the road network: one per station and gateway, plus
+    its-ingest, its-alerts and its-monitor, with the topic ACL each may use (docs/mqtt.md).
+
+    Re-running keeps existing passwords, adds logins for new stations and removes those of
+    stations no longer in the network (ITS_NETWORK_FILE). Restart or SIGHUP Mosquitto after.
+    """
+    from its.errors import ConfigError
+    from its.mqtt_auth import (
+        CREDENTIALS_FILE,
+        Role,
+        load_credentials,
+        plan_credentials,
+        write_broker_files,
+    )
+    from its.network import load_network
+
+    settings = _settings()
+    path = out / CREDENTIALS_FILE
+    try:
+        existing = load_credentials(path) if path.exists() else None
+        creds, changes = plan_credentials(
+            settings.topic_prefix,
+            [st.station_id for st in load_network(settings.network_file).stations],
+            gateway or [],
+            existing=existing,
+            rotate=rotate,
+            rotate_users=rotate_user or [],
+            revoke=revoke or [],
+        )
+        files = write_broker_files(creds, out)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if env_file is not None:
+        from dotenv import set_key
+
+        env_file.touch(mode=0o600, exist_ok=True)
+        for var, role in (
+            ("ITS_MQTT_INGEST_PASSWORD", Role.INGEST),
+            ("ITS_MQTT_ALERTS_PASSWORD", Role.ALERTS),
+        ):
+            set_key(env_file, var, creds.for_service(role).password, quote_mode="never")
+    typer.echo(
+        f"{len(creds.users)} MQTT users for prefix {creds.prefix}: {len(changes.added)} added, "
+        f"{len(changes.rotated)} rotated, {len(changes.removed)} removed, {changes.kept} kept"
+    )
+    for name in changes.removed:
+        typer.echo(f"  removed {name}")
+    typer.echo(
+        f"credentials: {files['credentials']} (keep it secret)\n"
+        f"mosquitto:   password_file {files['password_file']}, acl_file {files['acl_file']}"
+    )
+
+
+@mqtt_app.command("self-signed")
+def mqtt_self_signed(
+    host: Annotated[
+        list[str],
+        typer.Option(help="Host name or IP address clients use to reach the broker (repeatable)."),
+    ],
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="Directory for ca.crt, server.crt and keys.")
+    ] = Path("deploy/tls"),
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Validity in days.")] = 365,
+) -> None:
+    """A private CA and a broker certificate for a TLS trial (clients trust ca.crt through
+    ITS_MQTT_CA_FILE). Use your organisation's certificates in production."""
+    from its.mqtt_tls import make_trial_certificates
+
+    files = make_trial_certificates(out, host, days)
+    typer.echo(
+        f"CA certificate {files.ca_cert} (give to clients), broker certificate {files.cert} "
+        f"and key {files.key} for {', '.join(host)}; valid {days} days"
+    )
 
 
 # --------------------------------------------------------------------------- ingest
@@ -350,6 +473,20 @@ def _local_signin_link(settings: Settings, engine) -> str:  # noqa: ANN001
     )
 
 
+def _embedded_logins(settings: Settings, credentials: Path):  # noqa: ANN202
+    """Ingest's and the alerts publisher's logins (MqttUser) on an embedded broker that
+    enforces ``credentials``, checked before the broker starts."""
+    from its.errors import ConfigError
+    from its.mqtt_auth import Role, load_credentials
+
+    try:
+        creds = load_credentials(credentials)
+        creds.check_prefix(settings.topic_prefix)
+        return creds.for_service(Role.INGEST), creds.for_service(Role.ALERTS)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="ITS_EMBEDDED_MQTT_CREDENTIALS") from None
+
+
 @app.command("up")
 def up_cmd(
     speed: Annotated[
@@ -379,20 +516,40 @@ def up_cmd(
     signin = _local_signin_link(settings, engine)
 
     broker = None
-    endpoint = settings.mqtt_endpoint
+    endpoint = _broker(settings)
+    ingest_endpoint = alerts_endpoint = endpoint
     if endpoint is None:
-        broker = EmbeddedBroker(port=settings.embedded_mqtt_port)
+        credentials = settings.embedded_mqtt_credentials
+        logins = _embedded_logins(settings, credentials) if credentials else None
+        broker = EmbeddedBroker(port=settings.embedded_mqtt_port, credentials_file=credentials)
         endpoint = broker.start()
         settings = settings.model_copy(update={"mqtt_url": endpoint.url})
-        typer.echo(f"MQTT broker (embedded, 127.0.0.1 only): {endpoint.url}  <- point sensors here")
+        ingest_endpoint = alerts_endpoint = endpoint
+        if logins is None:
+            typer.echo(
+                f"MQTT broker (embedded, 127.0.0.1 only, anonymous): {endpoint.url}  "
+                "<- point sensors here"
+            )
+        else:
+            ingest_endpoint, alerts_endpoint = (
+                endpoint.login(u.username, u.password) for u in logins
+            )
+            sim_creds = settings.sim_credentials_file or credentials
+            settings = settings.model_copy(update={"sim_credentials_file": sim_creds})
+            typer.echo(
+                f"MQTT broker (embedded, 127.0.0.1 only): {endpoint.url}  <- point sensors "
+                f"here, each with its login from {credentials}"
+            )
     else:
         typer.echo(f"MQTT broker: {endpoint.url}")
 
     stop = _stop_on_signals()
-    publish, close_publisher = _alert_publisher(settings, endpoint)
+    publish, close_publisher = _alert_publisher(settings, alerts_endpoint)
     server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
     components = [
-        _Component("ingest", lambda: run_ingest(settings, endpoint, stop, engine=engine), stop),
+        _Component(
+            "ingest", lambda: run_ingest(settings, ingest_endpoint, stop, engine=engine), stop
+        ),
         _Component(
             "alerts", lambda: run_evaluator(settings, engine, network, stop, publish=publish), stop
         ),
@@ -468,8 +625,9 @@ def alerts_cmd(
         raise typer.BadParameter(f"invalid ITS_ALERT_ settings: {exc}") from None
     engine, network = _migrated_store(settings)
     publish, close_publisher = None, None
-    if settings.mqtt_endpoint is not None:
-        publish, close_publisher = _alert_publisher(settings, settings.mqtt_endpoint)
+    endpoint = _broker(settings)
+    if endpoint is not None:
+        publish, close_publisher = _alert_publisher(settings, endpoint)
     stop = _stop_on_signals()
     try:
         stats = run_evaluator(

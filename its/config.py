@@ -7,12 +7,15 @@ Nothing reads the environment at import time: call :func:`get_settings` (cached)
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from its.errors import ConfigError
 
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -27,7 +30,34 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; unset means an SQLite file in ITS_DATA_DIR."
     )
     mqtt_url: str | None = Field(
-        None, description="mqtt://[user:pass@]host:port; unset means the embedded broker."
+        None,
+        description="mqtt://[user:pass@]host:1883 or mqtts://... (TLS, port 8883); unset "
+        "means the embedded broker.",
+    )
+    mqtt_username: str | None = Field(
+        None, description="MQTT user name (overrides one in ITS_MQTT_URL)."
+    )
+    mqtt_password: SecretStr | None = Field(
+        None, description="MQTT password (overrides one in ITS_MQTT_URL)."
+    )
+    mqtt_password_file: Path | None = Field(
+        None,
+        description="File holding the MQTT password (e.g. a docker secret); read at start.",
+    )
+    mqtt_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle that signs the broker's certificate (mqtts); unset means "
+        "the system's trusted CAs.",
+    )
+    sim_credentials_file: Path | None = Field(
+        None,
+        description="Credentials file from `its mqtt credentials`: each simulated station "
+        "then logs in as itself.",
+    )
+    embedded_mqtt_credentials: Path | None = Field(
+        None,
+        description="Credentials file from `its mqtt credentials`: the embedded broker then "
+        "refuses anonymous clients and enforces the per-user topic ACLs.",
     )
     topic_prefix: str = Field("its/v1", description="Prefix of every MQTT topic.")
     web_host: str = Field("127.0.0.1", description="Interface the web process binds.")
@@ -116,7 +146,18 @@ class Settings(BaseSettings):
         65536, ge=8, le=4 * 1024 * 1024, description="argon2id memory cost in KiB."
     )
 
-    @field_validator("mqtt_url", "database_url", "ingest_worker_id", mode="before")
+    @field_validator(
+        "mqtt_url",
+        "database_url",
+        "ingest_worker_id",
+        "mqtt_username",
+        "mqtt_password",
+        "mqtt_password_file",
+        "mqtt_ca_file",
+        "sim_credentials_file",
+        "embedded_mqtt_credentials",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -138,35 +179,71 @@ class Settings(BaseSettings):
 
     @property
     def mqtt_endpoint(self) -> MqttEndpoint | None:
-        return MqttEndpoint.parse(self.mqtt_url) if self.mqtt_url else None
+        """The broker from ``ITS_MQTT_URL``, with the separate credential and CA settings
+        applied (they win over credentials in the URL, so a password need not sit in a URL)."""
+        if not self.mqtt_url:
+            return None
+        endpoint = MqttEndpoint.parse(self.mqtt_url)
+        password = endpoint.password
+        if self.mqtt_password_file is not None:
+            try:
+                password = self.mqtt_password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read ITS_MQTT_PASSWORD_FILE {self.mqtt_password_file}: {exc}"
+                ) from None
+        if self.mqtt_password is not None:
+            password = self.mqtt_password.get_secret_value()
+        return replace(
+            endpoint,
+            username=self.mqtt_username or endpoint.username,
+            password=password,
+            ca_file=self.mqtt_ca_file,
+        )
 
 
+@dataclass(frozen=True)
 class MqttEndpoint:
-    """Host, port and credentials parsed from an ``mqtt://`` URL."""
+    """Where the broker is, whether to speak TLS, and who to log in as.
 
-    def __init__(
-        self, host: str, port: int = 1883, username: str | None = None, password: str | None = None
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.username = username
-        self.password = password
+    ``mqtts://`` (or ``ssl://``) means TLS, default port 8883, the broker's certificate checked
+    against ``ca_file`` (or the system's CAs) and its host name. The password never shows in
+    ``repr`` or :attr:`url`.
+    """
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: Path | None = None
 
     @classmethod
     def parse(cls, url: str) -> MqttEndpoint:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt://)")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ValueError(
+                f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)"
+            )
         if not parts.hostname:
             raise ValueError(f"MQTT URL {url!r} has no host")
-        return cls(parts.hostname, parts.port or 1883, parts.username, parts.password)
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(
+            parts.hostname,
+            parts.port or (8883 if tls else 1883),
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password is not None else None,
+            tls,
+        )
+
+    def login(self, username: str | None, password: str | None) -> MqttEndpoint:
+        """The same broker, as another user (a station, ingest, the alerts publisher)."""
+        return replace(self, username=username, password=password)
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    def __repr__(self) -> str:
-        return f"MqttEndpoint({self.url})"
+        """The broker's URL without credentials (safe to log and print)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @lru_cache

@@ -11,6 +11,9 @@ observation), for two reasons:
   ``max_queued_messages`` (default 1000) per subscriber. At one message per interval, 1000
   queued messages are over 8 hours of 30 s data, so a typical backfill fits even if ingest stalls.
 
+With ``ITS_SIM_CREDENTIALS_FILE`` the backfill logs in as the gateway ``sim-backfill``
+(``its mqtt credentials --gateway sim-backfill`` creates it).
+
 Ingest must be running (and subscribed) while a backfill runs; a persistent ingest session
 (``its ingest`` uses one) also queues while it restarts. ``max_rate`` throttles longer backfills.
 """
@@ -41,6 +44,7 @@ from ingest.mqtt import connect, make_client
 from its.config import MqttEndpoint, Settings
 from its.contract import GatewayObsTopic, serialise_gateway_batch
 from its.errors import ConfigError
+from its.mqtt_auth import gateway_username, load_credentials
 from its.network import Network, load_network
 from sim.model import DEFAULT_PERIOD_S, TrafficModel, align, intervals
 from sim.pacing import InflightWindow
@@ -117,6 +121,7 @@ def backfill(
     stop = stop or threading.Event()
     stats = BackfillStats()
     topic = str(GatewayObsTopic(settings.topic_prefix, GATEWAY_ID))
+    endpoint = _gateway_login(settings, endpoint)
     client = make_client(endpoint, f"its-sim-backfill-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(max(window, 20))
     connect(client, endpoint)
@@ -159,6 +164,21 @@ def backfill(
         stats.rate,
     )
     return stats
+
+
+def _gateway_login(settings: Settings, endpoint: MqttEndpoint) -> MqttEndpoint:
+    """The backfill gateway's own login where a credentials file is configured."""
+    if settings.sim_credentials_file is None:
+        return endpoint
+    creds = load_credentials(settings.sim_credentials_file)
+    creds.check_prefix(settings.topic_prefix)
+    user = creds.get(gateway_username(GATEWAY_ID))
+    if user is None:
+        raise ConfigError(
+            f"{settings.sim_credentials_file} has no login for the backfill gateway: run "
+            f"`its mqtt credentials --gateway {GATEWAY_ID}`"
+        )
+    return endpoint.login(user.username, user.password)
 
 
 def _wait_connected(client: object, endpoint: MqttEndpoint, timeout: float = 15.0) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 
@@ -35,6 +36,10 @@ class SharedLoop:
     def __init__(self, name: str = "its-sim-net") -> None:
         self._clients: set[mqtt.Client] = set()
         self._retired: set[mqtt.Client] = set()  # serviced, but never reconnected
+        # clients seen with a socket: only those are reconnected here. One still inside its
+        # first connect() (a TLS handshake takes a while) has no socket yet, and a reconnect
+        # from this thread would race it: two sockets, a garbled CONNECT, a leaked socket
+        self._seen: set[mqtt.Client] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -69,6 +74,7 @@ class SharedLoop:
         with self._lock:
             self._clients.discard(client)
             self._retired.discard(client)
+            self._seen.discard(client)
 
     def close(self) -> None:
         self._closed.set()
@@ -84,18 +90,23 @@ class SharedLoop:
                 clients = list(self._clients)
             socks: dict[object, mqtt.Client] = {}
             want_write = []
+            buffered = []  # TLS: bytes already decrypted; select() cannot see them
             for c in clients:
                 s = c.socket()
                 if s is not None:
                     socks[s] = c
+                    self._seen.add(c)
                     if c.want_write():
                         want_write.append(s)
+                    if isinstance(s, ssl.SSLSocket) and s.pending():
+                        buffered.append(s)
             try:
                 readable, writable, _ = select.select(
-                    [self._wake_r, *socks], want_write, [], SELECT_TIMEOUT_S
+                    [self._wake_r, *socks], want_write, [], 0 if buffered else SELECT_TIMEOUT_S
                 )
             except (OSError, ValueError):  # a socket closed under us (a dropped station)
                 continue
+            readable = list(dict.fromkeys([*readable, *buffered]))
             if self._wake_r in readable:
                 readable.remove(self._wake_r)
                 try:
@@ -123,7 +134,7 @@ class SharedLoop:
 
     def _reconnect_lost(self) -> None:
         with self._lock:
-            lost = [c for c in self._clients - self._retired if c.socket() is None]
+            lost = [c for c in (self._clients & self._seen) - self._retired if c.socket() is None]
         for c in lost:
             try:
                 c.reconnect()

@@ -8,6 +8,9 @@ real roadside unit loses power. The 96 paho clients share one network thread
 (:class:`sim.netloop.SharedLoop`): a ``loop_start`` thread per client made the threads fight
 over the GIL and capped the rate near 1,000 obs/s (see ``bench/sim_publish_rate.py``).
 
+With ``ITS_SIM_CREDENTIALS_FILE`` (written by ``its mqtt credentials``) each station logs in as
+itself (``station.<id>``), so a broker with per-station ACLs accepts exactly its own topics.
+
 A clean stop (the stop event) publishes a retained ``offline`` state for every connected station
 and then disconnects cleanly, so the dashboard shows the stations deliberately offline rather than
 online with data that stopped.
@@ -35,6 +38,7 @@ from its.contract import (
     serialise_state,
 )
 from its.errors import ConfigError
+from its.mqtt_auth import load_credentials
 from its.network import Network, load_network
 from sim.model import DEFAULT_PERIOD_S, TrafficModel, align, stable_key
 from sim.netloop import SharedLoop
@@ -58,6 +62,21 @@ class SimStats:
     last_interval: datetime | None = None
     caught_up: bool = False
     dropped_connections: int = 0
+
+
+def station_endpoints(
+    settings: Settings, endpoint: MqttEndpoint, station_ids: list[str]
+) -> dict[str, MqttEndpoint]:
+    """Each station's login: its own from ``ITS_SIM_CREDENTIALS_FILE``, else ``endpoint``'s."""
+    if settings.sim_credentials_file is None:
+        return dict.fromkeys(station_ids, endpoint)
+    creds = load_credentials(settings.sim_credentials_file)
+    creds.check_prefix(settings.topic_prefix)
+    logins = {}
+    for sid in station_ids:
+        user = creds.for_station(sid)
+        logins[sid] = endpoint.login(user.username, user.password)
+    return logins
 
 
 def resolve_scenario(scenario: ScenarioArg, start: datetime) -> Scenario:
@@ -231,10 +250,11 @@ def run_live(
     model = TrafficModel(net, seed=seed, scenario=scen, period_s=period_s)
     clock = SimClock(start, speed)
     stats = SimStats(start=start)
+    logins = station_endpoints(settings, endpoint, [st.station_id for st in net.stations])
     loop = SharedLoop()
     links = {
-        st.station_id: StationLink(endpoint, settings.topic_prefix, st.station_id, clock.now, loop)
-        for st in net.stations
+        sid: StationLink(login, settings.topic_prefix, sid, clock.now, loop)
+        for sid, login in logins.items()
     }
     log.info(
         "sim: %d stations on %s, prefix %s, start %s, speed %gx, seed %d, %d incidents, %d faults",

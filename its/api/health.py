@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 
@@ -15,6 +16,7 @@ from its.api.deps import EngineDep, SettingsDep
 from its.api.schemas import Health
 from its.config import MqttEndpoint
 from its.db.engine import detect_backend
+from its.errors import ConfigError
 from its.service.traffic import data_clock
 
 router = APIRouter(tags=["health"])
@@ -22,24 +24,29 @@ router = APIRouter(tags=["health"])
 
 def _broker_reachable(endpoint: MqttEndpoint, timeout: float = 2.0) -> bool:
     """A real MQTT CONNECT / CONNACK round trip (a bare TCP probe would make brokers log an
-    aborted session on every check)."""
+    aborted session on every check), over TLS where the endpoint says so. Any CONNACK counts,
+    a refused login too: the broker answers, and the web process needs no broker login."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"its-healthz-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
     )
+    answered: list[object] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: answered.append(rc)
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
     try:
+        if endpoint.tls:
+            cafile = str(endpoint.ca_file) if endpoint.ca_file else None
+            client.tls_set_context(ssl.create_default_context(cafile=cafile))
         client.connect(endpoint.host, endpoint.port, keepalive=10)
         deadline = time.monotonic() + timeout
-        while not client.is_connected() and time.monotonic() < deadline:
+        while not answered and time.monotonic() < deadline:
             client.loop(timeout=0.1)
-        ok = client.is_connected()
-        if ok:
+        if client.is_connected():
             client.disconnect()
-        return ok
-    except OSError:
+        return bool(answered)
+    except OSError:  # ssl.SSLError included: a broker we cannot trust is not healthy
         return False
     finally:
         sock = client.socket()
@@ -59,11 +66,15 @@ def healthz(engine: EngineDep, settings: SettingsDep, response: Response) -> dic
         backend = detect_backend(engine).value
     except SQLAlchemyError as exc:
         db = f"unreachable: {exc.__class__.__name__}"
-    endpoint = settings.mqtt_endpoint
-    if endpoint is None:
-        broker = "not configured"
+    try:
+        endpoint = settings.mqtt_endpoint
+    except (ConfigError, ValueError) as exc:  # e.g. an unreadable ITS_MQTT_PASSWORD_FILE
+        endpoint, broker = None, f"misconfigured: {exc}"
     else:
-        broker = "ok" if _broker_reachable(endpoint) else "unreachable"
+        if endpoint is None:
+            broker = "not configured"
+        else:
+            broker = "ok" if _broker_reachable(endpoint) else "unreachable"
     healthy = db == "ok" and broker in ("ok", "not configured")
     if not healthy:
         response.status_code = 503
