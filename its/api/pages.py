@@ -75,10 +75,6 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 def _login_page(csrf: str, next_path: str, error: str | None, status: int = 200) -> HTMLResponse:
     err = f'<p class="error" id="login-error">{html.escape(error)}</p>' if error else ""
     body = PAGE.format(error=err, csrf=html.escape(csrf), next=html.escape(next_path))
@@ -94,8 +90,10 @@ def _set_csrf_cookie(resp: Response, value: str, settings: Settings) -> None:
     )
 
 
-def _start(request: Request, engine: Engine, user: users.User, next_path: str) -> Response:
-    settings = _settings(request)
+def _start(
+    request: Request, engine: Engine, settings: Settings, user: users.User, next_path: str
+) -> Response:
+    """Start a session for ``user``: cookies set, redirect to ``next_path`` (local only)."""
     with engine.begin() as conn:
         new = sessions.start_session(
             conn,
@@ -160,11 +158,11 @@ def login(
         )
     except AuthenticationError as exc:
         return _login_page(cookie or "", _safe_next(next), str(exc), 401)
-    return _start(request, engine, user, next)
+    return _start(request, engine, settings, user, next)
 
 
 @router.get("/signin/{token}")
-def signin_link(request: Request, engine: EngineDep, token: str) -> Response:
+def signin_link(request: Request, engine: EngineDep, settings: SettingsDep, token: str) -> Response:
     """A one-time link (``its up`` prints one): signs in and lands on the dashboard."""
     with engine.begin() as conn:
         user = sessions.redeem_signin_link(conn, token)
@@ -179,7 +177,7 @@ def signin_link(request: Request, engine: EngineDep, token: str) -> Response:
         )
     if user is None:
         return RedirectResponse("/login?expired=1", status_code=303)
-    return _start(request, engine, user, "/")
+    return _start(request, engine, settings, user, "/")
 
 
 @router.post("/logout")
