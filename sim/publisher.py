@@ -106,6 +106,7 @@ class StationLink:
         self.client_id = f"its-sim-{station_id}-{stable_key(prefix) % 16**8:08x}"
         self.clock = clock
         self.client: mqtt.Client | None = None
+        self.refused: str | None = None  # the broker's reason, when it refused the login
 
     @property
     def alive(self) -> bool:
@@ -129,6 +130,7 @@ class StationLink:
     ) -> None:
         if getattr(rc, "is_failure", False):
             log.error("sim: broker refused %s: %s", self.station_id, rc)
+            self.refused = str(rc)
             return
         # on every (re)connect: the station announces itself
         client.publish(
@@ -206,9 +208,18 @@ def _connect_all(links: list[StationLink], stop: threading.Event) -> None:
         link.open()
     deadline = CONNECT_TIMEOUT_S
     while deadline > 0 and not all(lk.client and lk.client.is_connected() for lk in links):
+        if any(lk.refused for lk in links):
+            break  # a refused login does not get better by waiting
         if stop.wait(0.05):
             return
         deadline -= 0.05
+    refused = next((lk for lk in links if lk.refused), None)
+    if refused is not None:
+        raise ConfigError(
+            f"the broker at {refused.endpoint.url} refused the login of simulated station "
+            f"{refused.station_id} ({refused.endpoint.username or 'anonymous'}): "
+            f"{refused.refused}; see ITS_SIM_CREDENTIALS_FILE in docs/mqtt.md"
+        )
     missing = [lk.station_id for lk in links if not (lk.client and lk.client.is_connected())]
     if missing:
         raise ConfigError(

@@ -211,3 +211,27 @@ def test_self_signed_pair_verifies_against_its_ca(tmp_path: Path) -> None:
             incoming.write(outgoing.read())
     tls_client.do_handshake()
     assert tls_client.getpeercert()["subject"][-1] == (("commonName", "localhost"),)
+
+
+def test_its_up_refuses_credentials_for_another_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest.broker import free_port
+    from its.config import get_settings
+    from its.mqtt_auth import write_broker_files
+
+    creds, _ = plan_credentials("other/v1", ["JKT-SDR-N-001"])
+    write_broker_files(creds, tmp_path / "mqtt")
+    for key in ("ITS_MQTT_URL", "ITS_DATABASE_URL", "ITS_TOPIC_PREFIX", "ITS_NETWORK_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ITS_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("ITS_WEB_PORT", str(free_port()))
+    monkeypatch.setenv("ITS_EMBEDDED_MQTT_CREDENTIALS", str(tmp_path / "mqtt/credentials.json"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["up", "--no-sim"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.replace("│", " ").split())  # without rich's box
+    assert "for topic prefix 'other/v1', not 'its/v1'" in flat

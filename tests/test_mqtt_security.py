@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import getpass
+import json
 import os
 import re
 import socket
@@ -39,6 +40,7 @@ from its.mqtt_auth import Credentials, Role, plan_credentials, write_broker_file
 from its.mqtt_tls import make_trial_certificates
 from its.network import Network
 from sim.model import align
+from sim.publisher import run_live
 from tests.conftest import wait_for
 from tests.test_ingest_e2e import start_ingest
 from tests.test_sim_publish import LiveRun
@@ -509,3 +511,17 @@ def test_backfill_logs_in_as_its_gateway(
 def _all_rows(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(schema.readings)).scalar_one()
+
+
+def test_simulator_names_a_refused_login(
+    secure_broker: SecureBroker, secure_settings: Settings, network: Network, tmp_path: Path
+) -> None:
+    data = json.loads((secure_broker.dir / "credentials.json").read_text())
+    for user in data["users"]:
+        if user["username"] == f"station.{B}":
+            user["password"] = "stale-password"
+    stale = tmp_path / "credentials.json"
+    stale.write_text(json.dumps(data))
+    settings = secure_settings.model_copy(update={"sim_credentials_file": stale})
+    with pytest.raises(ConfigError, match=f"refused the login of simulated station {B}"):
+        run_live(settings, secure_broker.tls, threading.Event(), network=network)
