@@ -3,7 +3,7 @@ OpenAPI schema (valid ones and invalid ones: wrong types, huge ids, NUL bytes, c
 dates) and checks every answer: never a 5xx, and every answer conforms to the schema.
 
 It runs on PostgreSQL, the backend where the bugs of issue 6 showed, against a seeded database
-(the road network, an hour of readings, alerts with small ids so that generated ids reach the
+(the road network, half an hour of readings, alerts with small ids so that generated ids reach the
 acknowledgement path), in-process through schemathesis's ASGI transport, with the web process's
 whole app (API, body limit and the Dash dashboard) as ``its web`` builds it.
 
@@ -37,18 +37,18 @@ from tests.traffic_helpers import aligned, seed
 pytestmark = pytest.mark.postgres
 
 #: examples per operation and generation phase (Hypothesis's budget), derandomized
-MAX_EXAMPLES = 60
+MAX_EXAMPLES = 40
 SEEDED_ALERTS = 12
 ACCEPTED = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 
 
 @pytest.fixture(scope="module")
 def seeded_pg(pg_engine_session: Engine, network: Network) -> Iterator[Engine]:
-    """The run's PostgreSQL database with an hour of readings for every station and a few
+    """The run's PostgreSQL database with half an hour of readings for every station and a few
     alerts numbered from 1 (so that small generated ids hit real alerts)."""
     clear_tables(pg_engine_session)
-    t0 = aligned(60, every=15)
-    seed(pg_engine_session, network, t0, 60, lambda st, t: 0.8 * 50.0)
+    t0 = aligned(30, every=15)
+    seed(pg_engine_session, network, t0, 30, lambda st, t: 0.8 * 50.0)
     with pg_engine_session.begin() as conn:
         conn.execute(text("SELECT setval(pg_get_serial_sequence('alerts', 'id'), 1, false)"))
         for i, segment in enumerate(network.segments[:SEEDED_ALERTS]):

@@ -8,7 +8,12 @@ made here (or passed in by tests and ``its up``) and kept on ``app.state``.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
@@ -60,6 +65,7 @@ def create_app(
 
     for exc_type, status in _STATUS.items():
         app.add_exception_handler(exc_type, _handler(status))
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(health_router)
     app.include_router(pages_router)
@@ -67,15 +73,29 @@ def create_app(
     return app
 
 
+class ErrorResponse(JSONResponse):
+    """An error answer written as ASCII JSON: an error may quote what the client sent, and a
+    lone surrogate (valid in a JSON string escape, not encodable as UTF-8) must not turn the
+    422 that rejects it into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 (``loc`` names the parameter), rendered by :class:`ErrorResponse`."""
+    return ErrorResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
 async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
     """A JSON 500 that gives nothing away (no traceback, no SQL). This is not a fix for anything:
     Starlette still re-raises the error after sending this answer, so the server logs it with
     its traceback and the test suite, which counts every such error as a 5xx, fails on it."""
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    return ErrorResponse({"detail": "internal server error"}, status_code=500)
 
 
 def _handler(status: int):  # noqa: ANN202 - a Starlette exception handler
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return ErrorResponse({"detail": str(exc)}, status_code=status)
 
     return handle
