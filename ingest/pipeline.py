@@ -321,21 +321,42 @@ class Pipeline:
         now = self.clock()
         while b.messages:
             msg = b.messages[0]
-            single = _Batch(messages=[msg])
-            self._route(msg, single, now)
-            try:
-                inserted = self._write_retrying(single, stop)
-            except Exception as refused:  # noqa: BLE001 - this message's data is at fault
-                log.error("ingest: the store refused a message: %s", _describe(refused))
-                reason = f"the store refused this message: {_describe(refused)}"
-                single = _Batch(messages=[msg], dead=[self._dead_letter(msg, reason, now)])
-                inserted = self._write_retrying(single, stop)  # a bounded, escaped dead letter
+            inserted, written = self._write_alone(msg, now, stop)
             if inserted is None:
                 return False
-            self._done(single, inserted)
+            self._done(written, inserted)
             b.messages.pop(0)
         self._batch = _Batch()
         return True
+
+    def _write_alone(
+        self, msg: Message, now: datetime, stop: Callable[[], bool]
+    ) -> tuple[int | None, _Batch]:
+        """Write one message of a refused batch: as validated; if the store refuses that, as a
+        dead letter naming the refusal; if even that is refused, as a dead letter without its
+        payload. Should the store refuse all three, it is at fault after all: wait and retry."""
+        attempt = 0
+        while True:
+            single = _Batch(messages=[msg])
+            self._route(msg, single, now)
+            first: BaseException | None = None
+            for fallback in range(3):
+                try:
+                    return self._write_retrying(single, stop), single
+                except Exception as exc:  # noqa: BLE001 - this message's data is at fault
+                    first = first or exc
+                    log.error("ingest: the store refused a message: %s", _describe(exc))
+                reason = f"the store refused this message: {_describe(first)}"
+                payload_kept = msg if fallback == 0 else Message(msg.topic, b"")
+                single = _Batch(messages=[msg], dead=[self._dead_letter(payload_kept, reason, now)])
+            delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
+            log.critical(
+                "ingest: the store refuses even a bare dead letter; retrying in %.1fs", delay
+            )
+            attempt += 1
+            if stop():
+                return None, single
+            time.sleep(delay)
 
     def _done(self, b: _Batch, inserted: int) -> None:
         for msg in b.messages:

@@ -296,3 +296,29 @@ def test_a_nul_in_the_topic_through_the_embedded_broker_is_a_dead_letter(
     assert topic == f"{prefix}/stations/JKT\\x00SDR/obs"
     assert reason == "invalid station id 'JKT\\x00SDR' in topic"
     assert run.result["stats"].write_errors == 0
+
+
+def test_when_even_the_dead_letter_is_refused_it_is_kept_without_its_payload(
+    pg_engine: Engine,
+) -> None:
+    with pg_engine.begin() as conn:
+        conn.execute(text("ALTER TABLE readings ADD CONSTRAINT test_poison CHECK (count <> 4242)"))
+        conn.execute(
+            text(
+                "ALTER TABLE dead_letters ADD CONSTRAINT test_poison_dl CHECK (payload NOT LIKE '%4242%')"
+            )
+        )
+    acked: list[int] = []
+    msgs = [
+        Message(OBS, dumps(obs(i=0, lanes=[{"lane": 1, "count": 4242}])), lambda: acked.append(0)),
+        Message(OBS, dumps(obs(i=1)), lambda: acked.append(1)),
+    ]
+    try:
+        stats = _run_giving_up(_pipeline(pg_engine), msgs)
+    finally:
+        with pg_engine.begin() as conn:
+            conn.execute(text("ALTER TABLE readings DROP CONSTRAINT test_poison"))
+            conn.execute(text("ALTER TABLE dead_letters DROP CONSTRAINT test_poison_dl"))
+    assert sorted(acked) == [0, 1] and stats.readings_inserted == 4
+    ((_, payload, _, reason),) = _dead(pg_engine)
+    assert payload == "" and '"test_poison"' in reason  # the reading's refusal, not its own
