@@ -316,37 +316,20 @@ def test_body_limit_applies_to_dash_routes_too(web: TestClient) -> None:
     assert response.status_code == 413
 
 
-def test_bodies_under_the_limit_still_work_for_the_api_and_the_dashboard(
-    web: TestClient, sqlite_engine: Engine
-) -> None:
+def test_bodies_under_the_limit_still_reach_the_api(web: TestClient, sqlite_engine: Engine) -> None:
+    """The dashboard's own callback POSTs under the limit are exercised by a real browser on the
+    same app in tests/test_dashboard_browser.py (map, KPI cards, acknowledging): dispatching a
+    Dash callback in-process here would leave Dash's global state pointing at this app and break
+    that later test."""
     with sqlite_engine.begin() as conn:
         alert = store.raise_or_repeat(
             conn, "congestion", "SDR-N-01", "minor", "slow", {}, datetime.now(UTC)
         ).alert
-    ack = web.post(f"/api/v1/alerts/{alert.id}/ack", json={"operator": "rina"})
-    assert ack.status_code == 200, ack.text
-    # a real callback of the dashboard, as the browser posts it: the KPI cards on a refresh
-    layout = web.get("/_dash-dependencies").json()
-    callback = next(
-        cb for cb in layout if cb["inputs"] and cb["inputs"][0]["property"] == "n_intervals"
+    ack = web.post(
+        f"/api/v1/alerts/{alert.id}/ack", json={"operator": "rina", "comment": "c" * 2000}
     )
-    payload = {
-        "output": callback["output"],
-        "outputs": _outputs(callback["output"]),
-        "inputs": [{**i, "value": 1} for i in callback["inputs"]],
-        "changedPropIds": [f"{callback['inputs'][0]['id']}.n_intervals"],
-        "state": [{**s, "value": None} for s in callback.get("state", [])],
-    }
-    assert len(str(payload)) < 4096
-    response = web.post("/_dash-update-component", json=payload)
-    assert response.status_code in (200, 204), response.text[:500]
-
-
-def _outputs(output: str) -> list[dict[str, str]] | dict[str, str]:
-    """Dash's ``outputs`` field from a callback's ``output`` string (``..a.b...c.d..`` or ``a.b``)."""
-    parts = [p for p in output.strip(".").split("...") if p]
-    specs = [dict(zip(("id", "property"), p.rsplit(".", 1), strict=True)) for p in parts]
-    return specs if output.startswith("..") else specs[0]
+    assert ack.status_code == 200, ack.text
+    assert ack.json()["acked_by"] == "rina"
 
 
 # --------------------------------------------------------------------------- unexpected errors
