@@ -23,7 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(help="Schema migrations and the road network.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Schema migrations, the road network and the roll-ups.", no_args_is_help=True
+)
 sim_app = typer.Typer(help="Simulated sensor traffic over MQTT.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
@@ -135,6 +137,61 @@ def db_load_network(
     typer.echo(f"loaded {len(net.segments)} segments and {n} stations from {path}")
 
 
+@db_app.command("rollup")
+def db_rollup(
+    batch: Annotated[
+        int, typer.Option(min=1, max=20_000, help="Dirty keys per transaction.")
+    ] = 5000,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Forget every roll-up and rebuild all from the raw rows (after changing the "
+            "network's time zone, or deleting raw rows that should leave the roll-ups too)."
+        ),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar (only on a terminal).")] = True,
+) -> None:
+    """Roll up every dirty bucket now (a manual catch-up, e.g. after a bulk load), then exit."""
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from its.db import rollup
+
+    _setup_logging()
+    settings = _settings()
+    engine, network = _migrated_store(settings)
+    if rebuild:
+        with engine.begin() as conn:
+            rollup.rebuild(conn)
+    with engine.connect() as conn:
+        pending = rollup.pending(conn)
+    started = time.monotonic()
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, TimeRemainingColumn(), disable=not (progress and sys.stderr.isatty())
+    ) as bar:
+        task = bar.add_task("rolling up", total=pending)
+        done = rollup.catch_up(
+            engine, network.timezone, batch=batch, progress=lambda n: bar.advance(task, n)
+        )
+    typer.echo(
+        f"rolled up {done} dirty keys in {time.monotonic() - started:.1f} s "
+        f"(hours and days in {network.timezone})"
+    )
+
+
+def _rollup_worker(settings: Settings, engine, network, stop: threading.Event):  # noqa: ANN001, ANN202
+    """The roll-up worker as a thread target, or None where ITS_ROLLUP_INTERVAL_S is 0."""
+    if not settings.rollup_interval_s:
+        return None
+    from its.db import rollup
+
+    return lambda: rollup.run_worker(
+        engine, network.timezone, stop, interval_s=settings.rollup_interval_s
+    )
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -158,9 +215,16 @@ def ingest_cmd(
     _setup_logging()
     settings = _settings()
     endpoint = _require_broker(settings)
-    engine, _network = _migrated_store(settings)
+    engine, network = _migrated_store(settings)
     stop = _stop_on_signals()
+    worker = _rollup_worker(settings, engine, network, stop)
+    rollups = _Component("rollup", worker, stop) if worker else None
+    if rollups:
+        rollups.start()
     stats = run_ingest(settings, endpoint, stop, engine=engine, client_id=client_id)
+    stop.set()
+    if rollups:
+        rollups.join(timeout=STOP_TIMEOUT_S)
     typer.echo(
         f"ingest stopped: {stats.messages} messages, {stats.readings_inserted} readings stored, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters"
@@ -307,6 +371,9 @@ def up_cmd(
         ),
         _Component("web", server.run, stop),
     ]
+    worker = _rollup_worker(settings, engine, network, stop)
+    if worker:
+        components.append(_Component("rollup", worker, stop))
     if sim:
         from sim.publisher import run_live
         from sim.scenario import demo_scenario

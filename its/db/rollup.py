@@ -1,0 +1,311 @@
+"""The roll-up worker: recompute the (station, 5-minute) buckets the triggers logged as dirty.
+
+Triggers on ``readings`` (:mod:`its.db.rollup_sql`) append a (station, bucket) key to
+``rollup_dirty`` for every row written, however it was written. :func:`refresh` claims a batch of
+keys (deleting them from the log in the same transaction), recomputes those 5-minute buckets from
+the raw rows, then the local hours and days that hold them from the 5-minute sums (hierarchy
+5 min -> 1 h -> 1 day), and commits. Each bucket is *recomputed*, never incremented, so running a
+key twice, or two workers at once, gives the same rows: a late reading updates its bucket and a
+duplicate (which the triggers never log) changes nothing.
+
+Why this is race-free: the worker deletes a key before reading the raw rows, in one transaction.
+A writer that commits before that read is seen by it; one that commits later has logged its own
+key, which stays for the next round. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so
+several workers share the log; on SQLite the claim is the transaction's first (write) statement,
+so no writer can commit in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    Float,
+    Table,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+)
+from sqlalchemy.engine import Connection, Engine
+
+from its.db import schema
+from its.db.engine import BUCKET_ORIGIN
+from its.db.timebucket import time_bucket
+
+log = logging.getLogger(__name__)
+
+FIVE_MIN = timedelta(minutes=5)
+DEFAULT_BATCH = 5000
+# Claimed keys further apart than this are recomputed in separate range reads, so one late
+# reading does not make a batch read every raw row between it and the newest data.
+CLUSTER_GAP = timedelta(minutes=30)
+
+SUM_COLUMNS = (
+    "flow_sum",
+    "intervals",
+    "lane_rows",
+    "occ_sum",
+    "occ_n",
+    "q_speed",
+    "qv_measured",
+    "occ_est",
+)
+MAX_COLUMNS = ("period_s", "last_start")
+
+
+@dataclass(frozen=True)
+class Level:
+    """A stored roll-up level: its table and bucket width; ``local`` levels follow the network's
+    time zone (hours and days), the 5-minute level is zone-independent."""
+
+    table: Table
+    width: timedelta
+    local: bool
+
+
+LEVEL_5M = Level(schema.rollup_5m, FIVE_MIN, False)
+LEVEL_1H = Level(schema.rollup_1h, timedelta(hours=1), True)
+LEVEL_1D = Level(schema.rollup_1d, timedelta(days=1), True)
+LEVELS = (LEVEL_5M, LEVEL_1H, LEVEL_1D)
+
+
+# --------------------------------------------------------------------------- bucket arithmetic
+
+
+def bucket_floor(ts: datetime, width: timedelta, tz: str | None) -> datetime:
+    """Start of the bucket holding ``ts``, as ``time_bucket`` computes it (origin 2000-01-03,
+    local wall-clock time where a zone is given)."""
+    if tz is None:
+        origin = BUCKET_ORIGIN.replace(tzinfo=UTC)
+        return origin + (ts - origin) // width * width
+    zone = ZoneInfo(tz)
+    local = ts.astimezone(zone).replace(tzinfo=None)
+    start = BUCKET_ORIGIN + (local - BUCKET_ORIGIN) // width * width
+    return start.replace(tzinfo=zone).astimezone(UTC)
+
+
+def bucket_ceil(ts: datetime, width: timedelta, tz: str | None) -> datetime:
+    """The first bucket boundary at or after ``ts``."""
+    start = bucket_floor(ts, width, tz)
+    if start == ts:
+        return ts
+    if tz is None:
+        return start + width
+    zone = ZoneInfo(tz)
+    return (
+        (start.astimezone(zone).replace(tzinfo=None) + width).replace(tzinfo=zone).astimezone(UTC)
+    )
+
+
+# --------------------------------------------------------------------------- raw sums
+
+
+def raw_sums_columns(bucket: Any) -> list[Any]:
+    """The roll-up sums of readings grouped by station and ``bucket``: the one definition of
+    what a roll-up row holds (the raw query path uses it too)."""
+    r = schema.readings
+    q = cast(r.c.count, Float) * 3600.0 / r.c.period_s
+    measured = and_(r.c.speed_kph.is_not(None), r.c.speed_kph > 0)
+    estimated = and_(r.c.speed_kph.is_(None), r.c.occupancy > 0, r.c.count > 0)
+    zero = cast(0.0, Float)
+    sums = {
+        "flow_sum": func.coalesce(func.sum(q), zero),
+        "intervals": func.count(func.distinct(r.c.interval_start)),
+        "lane_rows": func.count(),
+        "occ_sum": func.coalesce(func.sum(r.c.occupancy), zero),
+        "occ_n": func.count(r.c.occupancy),
+        "q_speed": func.coalesce(func.sum(case((measured, q), (estimated, q), else_=None)), zero),
+        "qv_measured": func.coalesce(
+            func.sum(case((measured, q / r.c.speed_kph), else_=None)), zero
+        ),
+        "occ_est": func.coalesce(func.sum(case((estimated, r.c.occupancy), else_=None)), zero),
+        "period_s": func.max(r.c.period_s),
+        "last_start": func.max(r.c.interval_start),
+    }
+    # the order of COLUMNS: pieces of an answer are glued with UNION ALL, which goes by position
+    return [
+        r.c.station_id.label("station_id"),
+        bucket.label("bucket_start"),
+        *(sums[name].label(name) for name in (*SUM_COLUMNS, *MAX_COLUMNS)),
+    ]
+
+
+def sums_of_sums_columns(source: Any, bucket: Any) -> list[Any]:
+    """Roll-up rows of ``source`` regrouped into a coarser ``bucket``: sums add, maxima max."""
+    c = source.c
+    return [
+        c.station_id.label("station_id"),
+        bucket.label("bucket_start"),
+        *(func.sum(c[name]).label(name) for name in SUM_COLUMNS),
+        *(func.max(c[name]).label(name) for name in MAX_COLUMNS),
+    ]
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def _clusters(keys: Iterable[tuple[str, datetime]]) -> list[tuple[datetime, datetime, set[str]]]:
+    """Split keys into time ranges [lo, hi) of nearby buckets, each with its stations."""
+    by_bucket: dict[datetime, set[str]] = defaultdict(set)
+    for station, bucket in keys:
+        by_bucket[bucket].add(station)
+    out: list[tuple[datetime, datetime, set[str]]] = []
+    for bucket in sorted(by_bucket):
+        if out and bucket - out[-1][1] <= CLUSTER_GAP:
+            lo, _hi, stations = out[-1]
+            out[-1] = (lo, bucket + FIVE_MIN, stations | by_bucket[bucket])
+        else:
+            out.append((bucket, bucket + FIVE_MIN, set(by_bucket[bucket])))
+    return out
+
+
+def _claim(conn: Connection, limit: int) -> set[tuple[str, datetime]]:
+    d = schema.rollup_dirty
+    oldest = (
+        select(d.c.id)
+        .order_by(d.c.bucket_start, d.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = conn.execute(
+        delete(d)
+        .where(d.c.id.in_(oldest.scalar_subquery()))
+        .returning(d.c.station_id, d.c.bucket_start)
+    )
+    return {(s, b) for s, b in rows}
+
+
+def _replace(conn: Connection, table: Table, keys: set[tuple[str, datetime]], rows: list) -> None:
+    """Delete the rows of ``keys`` and insert their recomputed ``rows`` (a key whose raw rows are
+    gone keeps no roll-up row)."""
+    key_list = sorted(keys)
+    for i in range(0, len(key_list), 2000):
+        part = key_list[i : i + 2000]
+        conn.execute(
+            delete(table).where(tuple_(table.c.station_id, table.c.bucket_start).in_(part))
+        )
+    if rows:
+        conn.execute(insert(table), rows)
+
+
+def _recompute(
+    conn: Connection,
+    keys: set[tuple[str, datetime]],
+    level: Level,
+    select_for_range: Callable[[datetime, datetime, set[str]], Any],
+) -> None:
+    rows: list[dict[str, Any]] = []
+    for lo, hi, stations in _clusters(keys):
+        stmt = select_for_range(lo, hi, stations)
+        for row in conn.execute(stmt).mappings():
+            bucket = row["bucket_start"]
+            if isinstance(bucket, str):
+                bucket = datetime.fromisoformat(bucket)
+            if bucket.tzinfo is None:
+                bucket = bucket.replace(tzinfo=UTC)
+            if (row["station_id"], bucket) in keys:
+                rows.append({**row, "bucket_start": bucket})
+    _replace(conn, level.table, keys, rows)
+
+
+def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
+    """Claim up to ``limit`` dirty keys and recompute their 5-minute, hourly and daily roll-ups
+    (hours and days in zone ``tz``). The caller commits. Returns the keys claimed (0: caught up)."""
+    keys = _claim(conn, limit)
+    if not keys:
+        return 0
+    r = schema.readings
+
+    def raw(lo: datetime, hi: datetime, stations: set[str]) -> Any:
+        bucket = time_bucket(FIVE_MIN, r.c.interval_start)
+        return (
+            select(*raw_sums_columns(bucket))
+            .where(r.c.interval_start >= lo, r.c.interval_start < hi)
+            .where(r.c.station_id.in_(sorted(stations)))
+            .group_by(r.c.station_id, bucket)
+        )
+
+    _recompute(conn, keys, LEVEL_5M, raw)
+    finer = LEVEL_5M
+    fine_keys = keys
+    for level in (LEVEL_1H, LEVEL_1D):
+        coarse = {(s, bucket_floor(b, level.width, tz)) for s, b in fine_keys}
+        source = finer.table
+
+        def regroup(lo: datetime, hi: datetime, stations: set[str], *, _l=level, _s=source) -> Any:
+            bucket = time_bucket(_l.width, _s.c.bucket_start, tz)
+            end = bucket_ceil(hi, _l.width, tz)
+            return (
+                select(*sums_of_sums_columns(_s, bucket))
+                .where(_s.c.bucket_start >= lo, _s.c.bucket_start < end)
+                .where(_s.c.station_id.in_(sorted(stations)))
+                .group_by(_s.c.station_id, bucket)
+            )
+
+        # ranges start at the coarse bucket, so every fine row of a coarse bucket is summed
+        _recompute(conn, coarse, level, regroup)
+        finer, fine_keys = level, coarse
+    return len(keys)
+
+
+def pending(conn: Connection) -> int:
+    """Dirty keys logged and not yet rolled up (a key may be logged more than once)."""
+    return int(conn.execute(select(func.count()).select_from(schema.rollup_dirty)).scalar_one())
+
+
+def catch_up(
+    engine: Engine,
+    tz: str,
+    *,
+    batch: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Refresh until the log is empty (or ``stop`` is set); one transaction per batch.
+    Returns the keys processed; ``progress`` is called with each batch's count."""
+    total = 0
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            n = refresh(conn, tz, limit=batch)
+        if not n:
+            break
+        total += n
+        if progress is not None:
+            progress(n)
+    return total
+
+
+def rebuild(conn: Connection) -> None:
+    """Forget every roll-up and log every key that has readings again: after a change of the
+    network's time zone, or after deleting raw rows that should leave the roll-ups too."""
+    from its.db import rollup_sql
+
+    for level in LEVELS:
+        conn.execute(delete(level.table))
+    conn.execute(delete(schema.rollup_dirty))
+    rollup_sql.log_all_readings(conn)
+
+
+def run_worker(engine: Engine, tz: str, stop: threading.Event, *, interval_s: float = 2.0) -> None:
+    """Keep the roll-ups current until ``stop`` is set: catch up, then poll the log every
+    ``interval_s`` seconds (inside ``its up`` and ``its ingest``)."""
+    log.info("roll-up worker started (every %.1f s)", interval_s)
+    while not stop.is_set():
+        try:
+            catch_up(engine, tz, stop=stop)
+        except Exception:  # noqa: BLE001 - a failed round is retried; the log keeps the keys
+            log.exception("roll-up round failed; retrying")
+        stop.wait(interval_s)
+    log.info("roll-up worker stopped")
