@@ -126,7 +126,7 @@ def db_load_network(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="GeoJSON network")],
 ) -> None:
     """Replace the road network with a GeoJSON file (see docs/network.md); readings are kept."""
-    from its.db import migrate
+    from its.db import migrate, rollup
     from its.network import load_network
 
     net = load_network(path)
@@ -134,6 +134,7 @@ def db_load_network(
     migrate.upgrade(engine)
     with engine.begin() as conn:
         n = migrate.load_network(conn, net, replace=True)
+        rollup.rebuild_targets(conn)  # stations may have moved between segments
     typer.echo(f"loaded {len(net.segments)} segments and {n} stations from {path}")
 
 

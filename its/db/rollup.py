@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -153,6 +154,98 @@ def sums_of_sums_columns(source: Any, bucket: Any) -> list[Any]:
     ]
 
 
+# --------------------------------------------------------------------------- stations to targets
+
+TARGET_COLUMNS = (
+    "target_id",
+    "bucket_start",
+    "flow",
+    "stations",
+    "q_speed",
+    "q_over_v",
+    "occ_sum",
+    "occ_n",
+    "lane_rows",
+    "expected_own",
+    "lanes_reporting",
+)
+TARGET_TABLES = {"segment": schema.rollup_segment_5m, "corridor": schema.rollup_corridor_5m}
+DEFAULT_PERIOD_S = 30
+
+
+def target_key(level: str) -> Any:
+    """The column that names the station, segment or corridor a station counts towards."""
+    st, sg = schema.stations, schema.segments
+    keys = {"station": st.c.station_id, "segment": st.c.segment_id, "corridor": sg.c.corridor_id}
+    try:
+        return keys[level]
+    except KeyError:
+        raise ValueError(f"unknown level {level!r}") from None
+
+
+def target_sums_query(sums: Any, level: str, bucket_s: float) -> Any:
+    """Station sums (a subquery with the roll-up columns) summed per target and bucket.
+
+    Per station: flow_sum / intervals is its flow (volume normalised for missing intervals), and
+    q and q / v are averaged over the intervals observed, with q / v = occ 1000 / g on single
+    loops. Those add up per target; the formulas in its.service.traffic finish the job.
+    """
+    st, sg = schema.stations, schema.segments
+    s = sums
+    key = target_key(level)
+    intervals = cast(s.c.intervals, Float)
+    width = cast(float(bucket_s), Float)
+    expected_own = st.c.lanes * case(
+        (width / s.c.period_s > 1.0, width / s.c.period_s), else_=cast(1.0, Float)
+    )
+    source = s.join(st, st.c.station_id == s.c.station_id)
+    if level == "corridor":
+        source = source.join(sg, sg.c.segment_id == st.c.segment_id)
+    return (
+        select(
+            key.label("target_id"),
+            s.c.bucket_start.label("bucket_start"),
+            func.sum(s.c.flow_sum / intervals).label("flow"),
+            func.count().label("stations"),
+            func.sum(s.c.q_speed / intervals).label("q_speed"),
+            func.sum(
+                (s.c.qv_measured + s.c.occ_est * 1000.0 / st.c.vehicle_length_m) / intervals
+            ).label("q_over_v"),
+            func.sum(s.c.occ_sum).label("occ_sum"),
+            func.sum(s.c.occ_n).label("occ_n"),
+            func.sum(s.c.lane_rows).label("lane_rows"),
+            func.sum(expected_own).label("expected_own"),
+            func.sum(st.c.lanes).label("lanes_reporting"),
+        )
+        .select_from(source)
+        .where(s.c.intervals > 0)
+        .group_by(key, s.c.bucket_start)
+    )
+
+
+def _refresh_targets(conn: Connection, buckets: set[datetime]) -> None:
+    """Recompute the segment and corridor 5-minute rows of ``buckets`` from the station rows."""
+    five = schema.rollup_5m
+    ordered = sorted(buckets)
+    for i in range(0, len(ordered), 500):
+        part = ordered[i : i + 500]
+        sums = select(five).where(five.c.bucket_start.in_(part)).subquery("station_sums")
+        for level, table in TARGET_TABLES.items():
+            conn.execute(delete(table).where(table.c.bucket_start.in_(part)))
+            query = target_sums_query(sums, level, FIVE_MIN.total_seconds())
+            conn.execute(insert(table).from_select(list(TARGET_COLUMNS), query))
+
+
+def rebuild_targets(conn: Connection) -> None:
+    """Recompute every segment and corridor row, e.g. after the road network was replaced
+    (stations moved between segments, or a vehicle length changed)."""
+    five = schema.rollup_5m
+    for level, table in TARGET_TABLES.items():
+        conn.execute(delete(table))
+        query = target_sums_query(five.alias("station_sums"), level, FIVE_MIN.total_seconds())
+        conn.execute(insert(table).from_select(list(TARGET_COLUMNS), query))
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -223,6 +316,10 @@ def _recompute(
 def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
     """Claim up to ``limit`` dirty keys and recompute their 5-minute, hourly and daily roll-ups
     (hours and days in zone ``tz``). The caller commits. Returns the keys claimed (0: caught up)."""
+    if conn.dialect.name == "postgresql":
+        # one worker at a time: a segment's row reads its stations' rows, which another
+        # worker could be replacing in the same moment
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('its-rollup-worker'))"))
     keys = _claim(conn, limit)
     if not keys:
         return 0
@@ -238,6 +335,7 @@ def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
         )
 
     _recompute(conn, keys, LEVEL_5M, raw)
+    _refresh_targets(conn, {b for _s, b in keys})
     finer = LEVEL_5M
     fine_keys = keys
     for level in (LEVEL_1H, LEVEL_1D):
@@ -294,6 +392,8 @@ def rebuild(conn: Connection) -> None:
 
     for level in LEVELS:
         conn.execute(delete(level.table))
+    for table in TARGET_TABLES.values():
+        conn.execute(delete(table))
     conn.execute(delete(schema.rollup_dirty))
     rollup_sql.log_all_readings(conn)
 

@@ -224,6 +224,36 @@ rollup_5m = _rollup_table("rollup_5m", "Per station and 5-minute bucket (UTC-ali
 rollup_1h = _rollup_table("rollup_1h", "Per station and local hour of the network's zone: sums.")
 rollup_1d = _rollup_table("rollup_1d", "Per station and local day of the network's zone: sums.")
 
+
+def _target_rollup_table(name: str, comment: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("target_id", String(64), nullable=False),
+        Column("bucket_start", UTCDateTime, nullable=False),
+        Column("flow", Float, nullable=False, comment="sum of station flows (veh/h)"),
+        Column("stations", Integer, nullable=False, comment="stations reporting"),
+        Column("q_speed", Float, nullable=False, comment="sum of stations' mean q with a speed"),
+        Column("q_over_v", Float, nullable=False, comment="sum of stations' mean q / v"),
+        Column("occ_sum", Float, nullable=False),
+        Column("occ_n", Integer, nullable=False),
+        Column("lane_rows", Integer, nullable=False, comment="lane intervals seen"),
+        Column("expected_own", Float, nullable=False, comment="lane intervals expected, reporting"),
+        Column("lanes_reporting", Integer, nullable=False, comment="lanes of reporting stations"),
+        PrimaryKeyConstraint("target_id", "bucket_start", name=f"pk_{name}"),
+        Index(f"ix_{name}_bucket_start", "bucket_start"),
+        comment=comment,
+    )
+
+
+rollup_segment_5m = _target_rollup_table(
+    "rollup_segment_5m", "Per segment and 5-minute bucket: its stations' sums (network-dependent)."
+)
+rollup_corridor_5m = _target_rollup_table(
+    "rollup_corridor_5m",
+    "Per corridor and 5-minute bucket: its stations' sums (network-dependent).",
+)
+
 rollup_dirty = Table(
     "rollup_dirty",
     metadata,

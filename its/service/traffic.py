@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, case, cast, func, literal, select, union_all
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.engine import Connection
 
 from its.contract import iso
@@ -279,21 +279,55 @@ def station_sums_query(
 # --------------------------------------------------------------------------- roll-ups
 
 
-def _target_key(level: str) -> Any:
-    st, sg = schema.stations, schema.segments
-    if level == "station":
-        return st.c.station_id
-    if level == "segment":
-        return st.c.segment_id
-    if level == "corridor":
-        return sg.c.corridor_id
-    raise ValueError(f"unknown level {level!r}")
-
-
 def _as_utc(conn: Connection, value: Any) -> datetime:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value
     return schema.readings.c.interval_start.type.process_result_value(value, conn.dialect)
+
+
+def _intervals(
+    conn: Connection,
+    query: Any,
+    network: Network,
+    level: str,
+    bucket_s: float,
+    target_ids: Collection[str] | None = None,
+) -> list[Interval]:
+    """Apply the handbook's formulas to per-target sums (rollup.TARGET_COLUMNS): the one place
+    they are written, whether the sums were stored by the worker or summed for this query.
+
+    Flow is the mean station flow, speed sum(q) / sum(q / v), occupancy the mean over lane
+    rows, % observed the lane intervals seen over those expected of every lane of every station
+    of the target (a silent station counts, with the default period).
+    """
+    c = query.selected_columns
+    if target_ids is not None:
+        query = query.where(c.target_id.in_(sorted(target_ids)))
+    lanes_of = _target_lanes(network, level)
+    default_expected = max(bucket_s / DEFAULT_PERIOD_S, 1.0)
+    out = []
+    for row in conn.execute(query).mappings():
+        target = row["target_id"]
+        if target not in lanes_of:
+            continue
+        q_over_v, n, occ_n = float(row["q_over_v"]), int(row["stations"]), int(row["occ_n"])
+        expected = (lanes_of[target] - int(row["lanes_reporting"])) * default_expected + float(
+            row["expected_own"]
+        )
+        out.append(
+            Interval(
+                target_id=target,
+                bucket_start=_as_utc(conn, row["bucket_start"]),
+                speed_kph=float(row["q_speed"]) / q_over_v if q_over_v > 0 else None,
+                flow_vph=float(row["flow"]) / n if n else None,
+                occupancy=float(row["occ_sum"]) / occ_n if occ_n else None,
+                pct_observed=min(100.0, 100.0 * int(row["lane_rows"]) / expected)
+                if expected
+                else 0.0,
+            )
+        )
+    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+    return out
 
 
 def _roll_up(
@@ -304,66 +338,39 @@ def _roll_up(
     bucket_s: float,
     target_ids: Collection[str] | None = None,
 ) -> list[Interval]:
-    """Roll station sums up to stations, segments or corridors in SQL, then apply the
-    handbook's formulas: this is the one place they are written.
+    """Roll station sums up to stations, segments or corridors in SQL, then apply the formulas."""
+    query = rollup.target_sums_query(sums.subquery("station_sums"), level, bucket_s)
+    return _intervals(conn, query, network, level, bucket_s, target_ids)
 
-    Per station and bucket: flow = flow_sum / intervals (volume normalised for missing
-    intervals), and q and q / v averaged over the intervals observed, with q / v = occ 1000 / g
-    on single loops. Per target: flow is the mean station flow, speed sum(q) / sum(q / v),
-    occupancy the mean over lane rows, % observed the lane intervals seen over those expected of
-    every lane of every station of the target (a silent station counts).
-    """
-    st, sg = schema.stations, schema.segments
-    s = sums.subquery("station_sums")
-    key = _target_key(level).label("target")
-    intervals = cast(s.c.intervals, Float)
-    expected_own = st.c.lanes * case(
-        (literal(float(bucket_s)) / s.c.period_s > 1.0, literal(float(bucket_s)) / s.c.period_s),
-        else_=literal(1.0),
-    )
-    stmt = (
-        select(
-            key,
-            s.c.bucket_start,
-            func.sum(s.c.flow_sum / intervals),
-            func.count(),
-            func.sum(s.c.q_speed / intervals),
-            func.sum((s.c.qv_measured + s.c.occ_est * 1000.0 / st.c.vehicle_length_m) / intervals),
-            func.sum(s.c.occ_sum),
-            func.sum(s.c.occ_n),
-            func.sum(s.c.lane_rows),
-            func.sum(expected_own),
-            func.sum(st.c.lanes),
-        )
-        .select_from(s.join(st, st.c.station_id == s.c.station_id))
-        .where(s.c.intervals > 0)
-        .group_by(key, s.c.bucket_start)
-    )
-    if level == "corridor":
-        stmt = stmt.join(sg, sg.c.segment_id == st.c.segment_id)
-    if target_ids is not None:
-        stmt = stmt.where(key.in_(sorted(target_ids)))
-    lanes_of = _target_lanes(network, level)
-    default_expected = max(bucket_s / DEFAULT_PERIOD_S, 1.0)
+
+def _stored_targets(
+    conn: Connection,
+    network: Network,
+    level: str,
+    start: datetime,
+    end: datetime,
+    target_ids: Collection[str] | None,
+    station_ids: Collection[str] | None,
+) -> list[Interval]:
+    """5-minute segment or corridor figures: whole buckets from the stored target roll-ups (up to
+    the oldest dirty bucket), the rest through the station path."""
+    dirty = _dirty_since(conn, station_ids)
+    stored_end = max(start, min(end, dirty)) if dirty is not None else end
+    lo = rollup.bucket_ceil(start, rollup.FIVE_MIN, None)
+    hi = rollup.bucket_floor(stored_end, rollup.FIVE_MIN, None)
+    if lo >= hi:
+        lo = hi = start
+    t = rollup.TARGET_TABLES[level]
     out = []
-    for target, b, flow, n, q_speed, q_over_v, occ, occ_n, seen, exp_own, lanes in conn.execute(
-        stmt
-    ):
-        if target not in lanes_of:
-            continue
-        flow, q_speed, q_over_v, occ = float(flow), float(q_speed), float(q_over_v), float(occ)
-        occ_n, seen, exp_own, lanes = int(occ_n), int(seen), float(exp_own), int(lanes)
-        expected = (lanes_of[target] - lanes) * default_expected + exp_own
-        out.append(
-            Interval(
-                target_id=target,
-                bucket_start=_as_utc(conn, b),
-                speed_kph=(q_speed / q_over_v) if q_over_v > 0 else None,
-                flow_vph=flow / n if n else None,
-                occupancy=occ / occ_n if occ_n else None,
-                pct_observed=min(100.0, 100.0 * seen / expected) if expected else 0.0,
-            )
+    if lo < hi:
+        query = select(*(t.c[name] for name in rollup.TARGET_COLUMNS)).where(
+            t.c.bucket_start >= lo, t.c.bucket_start < hi
         )
+        out += _intervals(conn, query, network, level, 300, target_ids)
+    for a, b in ((start, lo), (hi, end)):
+        if a < b:
+            sums = station_sums_query(conn, a, b, 300, station_ids=station_ids)
+            out += _roll_up(conn, sums, network, level, 300, target_ids)
     out.sort(key=lambda i: (i.bucket_start, i.target_id))
     return out
 
@@ -423,13 +430,16 @@ def aggregate(
     (tests/test_rollups.py), only slower."""
     if level not in ("station", "segment", "corridor"):
         raise ValueError(f"unknown level {level!r}")
+    station_ids = _stations_of(network, level, target_ids)
+    if source == "rollup" and bucket_s == 300 and level in rollup.TARGET_TABLES:
+        return _stored_targets(conn, network, level, start, end, target_ids, station_ids)
     sums = station_sums_query(
         conn,
         start,
         end,
         bucket_s,
         tz=bucket_tz(network, bucket_s),
-        station_ids=_stations_of(network, level, target_ids),
+        station_ids=station_ids,
         source=source,
     )
     return _roll_up(conn, sums, network, level, bucket_s, target_ids)

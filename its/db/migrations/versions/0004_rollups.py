@@ -59,9 +59,47 @@ def _rollup_table(name: str, comment: str) -> None:
     op.create_index(f"ix_{name}_bucket_start", name, ["bucket_start"])
 
 
+TARGET_LEVELS = {
+    "rollup_segment_5m": "Per segment and 5-minute bucket: its stations' sums (network-dependent).",
+    "rollup_corridor_5m": "Per corridor and 5-minute bucket: its stations' sums "
+    "(network-dependent).",
+}
+
+
+def _target_table(name: str, comment: str) -> None:
+    op.create_table(
+        name,
+        sa.Column("target_id", sa.String(64), nullable=False),
+        sa.Column("bucket_start", UTCDateTime(), nullable=False),
+        sa.Column("flow", sa.Float(), nullable=False, comment="sum of station flows (veh/h)"),
+        sa.Column("stations", sa.Integer(), nullable=False, comment="stations reporting"),
+        sa.Column(
+            "q_speed", sa.Float(), nullable=False, comment="sum of stations' mean q with a speed"
+        ),
+        sa.Column("q_over_v", sa.Float(), nullable=False, comment="sum of stations' mean q / v"),
+        sa.Column("occ_sum", sa.Float(), nullable=False),
+        sa.Column("occ_n", sa.Integer(), nullable=False),
+        sa.Column("lane_rows", sa.Integer(), nullable=False, comment="lane intervals seen"),
+        sa.Column(
+            "expected_own",
+            sa.Float(),
+            nullable=False,
+            comment="lane intervals expected, reporting",
+        ),
+        sa.Column(
+            "lanes_reporting", sa.Integer(), nullable=False, comment="lanes of reporting stations"
+        ),
+        sa.PrimaryKeyConstraint("target_id", "bucket_start", name=op.f(f"pk_{name}")),
+        comment=comment,
+    )
+    op.create_index(f"ix_{name}_bucket_start", name, ["bucket_start"])
+
+
 def upgrade() -> None:
     for name, comment in LEVELS.items():
         _rollup_table(name, comment)
+    for name, comment in TARGET_LEVELS.items():
+        _target_table(name, comment)
     op.create_table(
         "rollup_dirty",
         sa.Column(
@@ -91,6 +129,6 @@ def downgrade() -> None:
     rollup_sql.drop_triggers(op.get_bind())
     op.drop_index("ix_rollup_dirty_bucket_start", table_name="rollup_dirty")
     op.drop_table("rollup_dirty")
-    for name in LEVELS:
+    for name in (*LEVELS, *TARGET_LEVELS):
         op.drop_index(f"ix_{name}_bucket_start", table_name=name)
         op.drop_table(name)
