@@ -289,3 +289,22 @@ def test_duplicates_inside_pg_statement_log_nothing(pg_engine: Engine, network: 
     with pg_engine.begin() as conn:
         assert insert_readings(conn, [dict(row, count=9)]) == 0
     assert _pending(pg_engine) == 0
+
+
+def test_chosen_targets_only(engine: Engine, network: Network) -> None:
+    """``target_ids`` restricts stored and summed answers alike to the targets asked for."""
+    _seed(engine, network, list(network.stations[::8]))
+    rollup.catch_up(engine, network.timezone)
+    segs = sorted({s.segment_id for s in network.stations[::16]})
+    corridors = sorted({network.segment(s).corridor_id for s in segs})[:1]
+    with engine.connect() as conn:
+        for level, ids in (("segment", segs), ("corridor", corridors), ("station", ["NOPE"])):
+            for bucket in (300, 3600):
+                a, b = (
+                    traffic.aggregate(conn, network, level, *SPANS[1], bucket, target_ids=ids,
+                                      source=source)
+                    for source in ("rollup", "raw")
+                )  # fmt: skip
+                _same({level: a}, {level: b})
+                assert {i.target_id for i in a} <= set(ids)
+                assert bool(a) == (level != "station")
