@@ -37,8 +37,8 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    tuple_,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from its.db import schema
@@ -280,17 +280,19 @@ def _claim(conn: Connection, limit: int) -> set[tuple[str, datetime]]:
     return {(s, b) for s, b in rows}
 
 
-def _replace(conn: Connection, table: Table, keys: set[tuple[str, datetime]], rows: list) -> None:
-    """Delete the rows of ``keys`` and insert their recomputed ``rows`` (a key whose raw rows are
-    gone keeps no roll-up row)."""
-    key_list = sorted(keys)
-    for i in range(0, len(key_list), 2000):
-        part = key_list[i : i + 2000]
-        conn.execute(
-            delete(table).where(tuple_(table.c.station_id, table.c.bucket_start).in_(part))
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Write recomputed rows over the old ones (``ON CONFLICT DO UPDATE`` on the key): a keyed
+    upsert, where deleting a batch of keys first would scan the table per key list."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    for i in range(0, len(rows), 5000):
+        stmt = dialect.insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["station_id", "bucket_start"],
+            set_={name: stmt.excluded[name] for name in (*SUM_COLUMNS, *MAX_COLUMNS)},
         )
-    if rows:
-        conn.execute(insert(table), rows)
+        conn.execute(stmt, rows[i : i + 5000])
 
 
 def _recompute(
@@ -310,7 +312,7 @@ def _recompute(
                 bucket = bucket.replace(tzinfo=UTC)
             if (row["station_id"], bucket) in keys:
                 rows.append({**row, "bucket_start": bucket})
-    _replace(conn, level.table, keys, rows)
+    _upsert(conn, level.table, rows)
 
 
 def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
