@@ -305,25 +305,26 @@ def _intervals(
         query = query.where(c.target_id.in_(sorted(target_ids)))
     lanes_of = _target_lanes(network, level)
     default_expected = max(bucket_s / DEFAULT_PERIOD_S, 1.0)
+    buckets: dict[Any, datetime] = {}  # many targets share a bucket: convert each once
     out = []
-    for row in conn.execute(query).mappings():
-        target = row["target_id"]
+    for target, b, flow, n, q_speed, q_over_v, occ, occ_n, seen, exp_own, lanes in conn.execute(
+        query.with_only_columns(*(c[name] for name in rollup.TARGET_COLUMNS))
+    ):
         if target not in lanes_of:
             continue
-        q_over_v, n, occ_n = float(row["q_over_v"]), int(row["stations"]), int(row["occ_n"])
-        expected = (lanes_of[target] - int(row["lanes_reporting"])) * default_expected + float(
-            row["expected_own"]
-        )
+        bucket = buckets.get(b)
+        if bucket is None:
+            bucket = buckets[b] = _as_utc(conn, b)
+        q_over_v, occ_n = float(q_over_v), int(occ_n)
+        expected = (lanes_of[target] - int(lanes)) * default_expected + float(exp_own)
         out.append(
             Interval(
                 target_id=target,
-                bucket_start=_as_utc(conn, row["bucket_start"]),
-                speed_kph=float(row["q_speed"]) / q_over_v if q_over_v > 0 else None,
-                flow_vph=float(row["flow"]) / n if n else None,
-                occupancy=float(row["occ_sum"]) / occ_n if occ_n else None,
-                pct_observed=min(100.0, 100.0 * int(row["lane_rows"]) / expected)
-                if expected
-                else 0.0,
+                bucket_start=bucket,
+                speed_kph=float(q_speed) / q_over_v if q_over_v > 0 else None,
+                flow_vph=float(flow) / n if n else None,
+                occupancy=float(occ) / occ_n if occ_n else None,
+                pct_observed=min(100.0, 100.0 * int(seen) / expected) if expected else 0.0,
             )
         )
     out.sort(key=lambda i: (i.bucket_start, i.target_id))
