@@ -24,7 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(help="Schema migrations and the road network.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Schema migrations, the road network and the roll-ups.", no_args_is_help=True
+)
 sim_app = typer.Typer(help="Simulated sensor traffic over MQTT.", no_args_is_help=True)
 mqtt_app = typer.Typer(
     help="Broker logins, topic ACLs and TLS certificates for sensors and services.",
@@ -143,7 +145,7 @@ def db_load_network(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="GeoJSON network")],
 ) -> None:
     """Replace the road network with a GeoJSON file (see docs/network.md); readings are kept."""
-    from its.db import migrate
+    from its.db import migrate, rollup
     from its.network import load_network
 
     net = load_network(path)
@@ -151,6 +153,7 @@ def db_load_network(
     migrate.upgrade(engine)
     with engine.begin() as conn:
         n = migrate.load_network(conn, net, replace=True)
+        rollup.rebuild_targets(conn)  # stations may have moved between segments
     typer.echo(f"loaded {len(net.segments)} segments and {n} stations from {path}")
 
 
@@ -262,6 +265,61 @@ def mqtt_self_signed(
     )
 
 
+@db_app.command("rollup")
+def db_rollup(
+    batch: Annotated[
+        int, typer.Option(min=1, max=20_000, help="Dirty keys per transaction.")
+    ] = 5000,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Forget every roll-up and rebuild all from the raw rows (after changing the "
+            "network's time zone, or deleting raw rows that should leave the roll-ups too)."
+        ),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar (only on a terminal).")] = True,
+) -> None:
+    """Roll up every dirty bucket now (a manual catch-up, e.g. after a bulk load), then exit."""
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from its.db import rollup
+
+    _setup_logging()
+    settings = _settings()
+    engine, network = _migrated_store(settings)
+    if rebuild:
+        with engine.begin() as conn:
+            rollup.rebuild(conn)
+    with engine.connect() as conn:
+        pending = rollup.pending(conn)
+    started = time.monotonic()
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, TimeRemainingColumn(), disable=not (progress and sys.stderr.isatty())
+    ) as bar:
+        task = bar.add_task("rolling up", total=pending)
+        done = rollup.catch_up(
+            engine, network.timezone, batch=batch, progress=lambda n: bar.advance(task, n)
+        )
+    typer.echo(
+        f"rolled up {done} dirty keys in {time.monotonic() - started:.1f} s "
+        f"(hours and days in {network.timezone})"
+    )
+
+
+def _rollup_worker(settings: Settings, engine, network, stop: threading.Event):  # noqa: ANN001, ANN202
+    """The roll-up worker as a thread target, or None where ITS_ROLLUP_INTERVAL_S is 0."""
+    if not settings.rollup_interval_s:
+        return None
+    from its.db import rollup
+
+    return lambda: rollup.run_worker(
+        engine, network.timezone, stop, interval_s=settings.rollup_interval_s
+    )
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -317,7 +375,7 @@ def ingest_cmd(
         typer.echo(f"its ingest: {exc}", err=True)
         raise typer.Exit(2) from None
     endpoint = _require_broker(settings)
-    engine, _network = _migrated_store(settings)
+    engine, network = _migrated_store(settings)
     if drain:
         try:
             stats = drain_worker(settings, endpoint, client_id, engine=engine)
@@ -331,7 +389,14 @@ def ingest_cmd(
         )
         return
     stop = _stop_on_signals()
+    worker = _rollup_worker(settings, engine, network, stop)
+    rollups = _Component("rollup", worker, stop) if worker else None
+    if rollups:
+        rollups.start()
     stats = run_ingest(settings, endpoint, stop, engine=engine, client_id=client_id)
+    stop.set()
+    if rollups:
+        rollups.join(timeout=STOP_TIMEOUT_S)
     typer.echo(
         f"ingest stopped: {stats.messages} messages, {stats.readings_inserted} readings stored, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters"
@@ -555,6 +620,9 @@ def up_cmd(
         ),
         _Component("web", server.run, stop),
     ]
+    worker = _rollup_worker(settings, engine, network, stop)
+    if worker:
+        components.append(_Component("rollup", worker, stop))
     if sim:
         from sim.publisher import run_live
         from sim.scenario import demo_scenario

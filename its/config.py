@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     ingest_max_future_s: int = Field(
         300, ge=0, description="Readings stamped further than this in the future are rejected."
     )
+    rollup_interval_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="How often the roll-up worker inside `its up` and `its ingest` looks for "
+        "dirty buckets; 0 runs no worker in that process (run `its db rollup` or another one).",
+    )
     embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="0 picks a free port.")
     map_style: str = Field(
         "dark-bg",

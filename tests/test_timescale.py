@@ -502,3 +502,33 @@ def test_service_layer_agrees_with_postgresql_and_sqlite(
             _same_network_state(compressed[key], ts[key])
         else:
             _same_intervals(compressed[key], ts[key], ("compressed", key))
+
+
+# --------------------------------------------------------------------------- roll-ups
+
+
+def test_rollups_on_timescaledb(ts_engine: Engine, pg_engine: Engine, network: Network) -> None:
+    """The row-level dirty-key trigger on the hypertable logs writes, the worker rolls them up,
+    and the roll-up answers equal the raw path and plain PostgreSQL's (tests/test_rollups.py)."""
+    from its.db import rollup
+    from tests.test_rollups import _answers, _same
+    from tests.test_rollups import _seed as seed_rollups
+
+    for engine in (ts_engine, pg_engine):
+        seed_rollups(engine, network)
+        with engine.connect() as conn:
+            assert rollup.pending(conn) > 0
+        rollup.catch_up(engine, network.timezone)
+    ts_rolled = _answers(ts_engine, network, "rollup")
+    _same(ts_rolled, _answers(ts_engine, network, "raw"))
+    _same(ts_rolled, _answers(pg_engine, network, "rollup"))
+    # a duplicate logs nothing, a late reading is rolled up
+    with ts_engine.begin() as conn:
+        conn.execute(schema.rollup_dirty.delete())
+    _insert(ts_engine, FIRST)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) > 0
+    rollup.catch_up(ts_engine, network.timezone)
+    _insert(ts_engine, FIRST)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == 0

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from its.errors import QueryError
 from its.service.traffic import data_clock
 
-MAX_POINTS = 20_000
+MAX_POINTS = 100_000  # a month of daily figures for 2,000 stations is 60,000
 DEFAULT_SPAN = timedelta(hours=2)
 
 #: the accepted time range, in UTC: from the Unix epoch to the start of year 2200

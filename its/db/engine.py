@@ -38,14 +38,15 @@ def normalise_url(url: str) -> str:
 
 def _sqlite_bucket(width_s: int, ts: str | None, tz: str) -> str | None:
     """SQLite's bucket in a local time zone: buckets start at local wall-clock boundaries
-    (so a day is a local day, also across DST), returned as naive UTC text."""
+    (so a day is a local day, also across DST), returned as naive UTC text in SQLAlchemy's
+    storage form."""
     if ts is None:
         return None
     zone = ZoneInfo(tz)
     local = datetime.fromisoformat(ts).replace(tzinfo=UTC).astimezone(zone).replace(tzinfo=None)
     n = (local - BUCKET_ORIGIN) // timedelta(seconds=width_s)
     start_local = (BUCKET_ORIGIN + n * timedelta(seconds=width_s)).replace(tzinfo=zone)
-    return start_local.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return start_local.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _on_sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -265,4 +266,90 @@ audit_log = Table(
     Column("client", String(64), nullable=True, comment="client address"),
     comment="Security-relevant events: sign-in, failed sign-in, key use, acknowledgement, user "
     "and key changes.",
+)
+
+
+# --------------------------------------------------------------------------- roll-ups
+# Per station and bucket, the *sums* the handbook's formulas need (docs/storage.md): every coarser
+# bucket and every level is a sum of sums, and the formulas are applied once, at read time
+# (its/service/traffic.py). Kept current by triggers on ``readings`` that log dirty 5-minute keys
+# and by the roll-up worker (its/db/rollup.py) that recomputes them from the raw rows.
+
+
+def _rollup_table(name: str, comment: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("station_id", String(64), nullable=False),
+        Column("bucket_start", UTCDateTime, nullable=False),
+        Column("flow_sum", Float, nullable=False, comment="sum of lane flows q (veh/h) over rows"),
+        Column("intervals", Integer, nullable=False, comment="distinct interval starts seen"),
+        Column("lane_rows", Integer, nullable=False, comment="lane intervals seen"),
+        Column("period_s", SmallInteger, nullable=False, comment="longest period seen"),
+        Column("occ_sum", Float, nullable=False, comment="sum of lane occupancies"),
+        Column("occ_n", Integer, nullable=False, comment="lane rows with an occupancy"),
+        Column("q_speed", Float, nullable=False, comment="sum of q over lanes with a speed"),
+        Column("qv_measured", Float, nullable=False, comment="sum of q / v, measured speeds"),
+        Column(
+            "occ_est",
+            Float,
+            nullable=False,
+            comment="sum of occupancy over single-loop lanes (q / v = occ 1000 / g)",
+        ),
+        Column("last_start", UTCDateTime, nullable=False, comment="newest interval start"),
+        PrimaryKeyConstraint("station_id", "bucket_start", name=f"pk_{name}"),
+        Index(f"ix_{name}_bucket_start", "bucket_start"),
+        comment=comment,
+    )
+
+
+rollup_5m = _rollup_table("rollup_5m", "Per station and 5-minute bucket (UTC-aligned): sums.")
+rollup_1h = _rollup_table("rollup_1h", "Per station and local hour of the network's zone: sums.")
+rollup_1d = _rollup_table("rollup_1d", "Per station and local day of the network's zone: sums.")
+
+
+def _target_rollup_table(name: str, comment: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("target_id", String(64), nullable=False),
+        Column("bucket_start", UTCDateTime, nullable=False),
+        Column("flow", Float, nullable=False, comment="sum of station flows (veh/h)"),
+        Column("stations", Integer, nullable=False, comment="stations reporting"),
+        Column("q_speed", Float, nullable=False, comment="sum of stations' mean q with a speed"),
+        Column("q_over_v", Float, nullable=False, comment="sum of stations' mean q / v"),
+        Column("occ_sum", Float, nullable=False),
+        Column("occ_n", Integer, nullable=False),
+        Column("lane_rows", Integer, nullable=False, comment="lane intervals seen"),
+        Column("expected_own", Float, nullable=False, comment="lane intervals expected, reporting"),
+        Column("lanes_reporting", Integer, nullable=False, comment="lanes of reporting stations"),
+        PrimaryKeyConstraint("target_id", "bucket_start", name=f"pk_{name}"),
+        Index(f"ix_{name}_bucket_start", "bucket_start"),
+        comment=comment,
+    )
+
+
+rollup_segment_5m = _target_rollup_table(
+    "rollup_segment_5m", "Per segment and 5-minute bucket: its stations' sums (network-dependent)."
+)
+rollup_corridor_5m = _target_rollup_table(
+    "rollup_corridor_5m",
+    "Per corridor and 5-minute bucket: its stations' sums (network-dependent).",
+)
+
+rollup_dirty = Table(
+    "rollup_dirty",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("station_id", String(64), nullable=False),
+    Column("bucket_start", UTCDateTime, nullable=False, comment="5-minute bucket to recompute"),
+    Column("marked_at", UTCDateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Index("ix_rollup_dirty_bucket_start", "bucket_start"),
+    comment="Log of (station, 5-min bucket) keys whose raw readings changed (written by triggers "
+    "on readings); the roll-up worker recomputes and deletes them.",
 )

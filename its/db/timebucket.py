@@ -4,7 +4,8 @@
 - PostgreSQL: ``date_bin(width, ts, TIMESTAMPTZ '2000-01-03')`` (TimescaleDB's origin), or on local
   wall-clock time ``date_bin(width, ts AT TIME ZONE tz, TIMESTAMP '2000-01-03') AT TIME ZONE tz``
 - SQLite: epoch arithmetic, or the ``its_bucket`` function registered on each connection for a
-  time zone.
+  time zone. Both return text in the form SQLAlchemy stores datetimes in
+  (``YYYY-MM-DD HH:MM:SS.ffffff``), so a bucket compares equal to a stored ``bucket_start``.
 
 The width and zone stay bound parameters (never inlined) and ``**kw`` reaches every
 ``compiler.process``: an inlined width plus the statement cache would hand back the previous
@@ -81,6 +82,6 @@ def _compile_sqlite(element: time_bucket, compiler: SQLCompiler, **kw: Any) -> s
     if tz is not None:
         return f"its_bucket({seconds}, {ts}, {tz})"
     return (
-        f"datetime((CAST(strftime('%s', {ts}) AS INTEGER) - {_ORIGIN_EPOCH}) / {seconds} "
-        f"* {seconds} + {_ORIGIN_EPOCH}, 'unixepoch')"
+        f"(datetime((CAST(strftime('%s', {ts}) AS INTEGER) - {_ORIGIN_EPOCH}) / {seconds} "
+        f"* {seconds} + {_ORIGIN_EPOCH}, 'unixepoch') || '.000000')"
     )

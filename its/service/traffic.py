@@ -1,8 +1,10 @@
-"""Traffic aggregates from raw readings, per the handbook's definitions (GUIDE section 5).
+"""Traffic aggregates per the handbook's definitions (GUIDE section 5).
 
-The database does the heavy part (one grouped pass over ``readings`` per query, bucketed with the
-backend's ``time_bucket``) and returns per-station sums; Python rolls them up to stations, segments
-and corridors so every level uses the same formulas on every backend:
+The database does all the grouping: per-station sums come from the stored roll-ups (5 min, local
+hour, local day; :mod:`its.db.rollup`), with raw readings only for what they do not cover (ragged
+window edges and buckets not rolled up yet), and one more SQL grouping rolls stations up to
+segments and corridors. Python then applies the formulas, in :func:`_roll_up` only, so every level,
+bucket and backend uses the same ones:
 
 - lane flow q = count x 3600 / period_s; station flow = sum over lanes, averaged over the intervals
   observed in the bucket (that is the "volume normalised by expected / observed" rule);
@@ -20,43 +22,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, literal, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.engine import Connection
 
 from its.contract import iso
-from its.db import schema
+from its.db import rollup, schema
 from its.db.timebucket import time_bucket
 from its.network import Network
 
 DEFAULT_PERIOD_S = 30
-
-
-@dataclass(frozen=True)
-class _Sums:
-    """Per station and bucket: what the grouped SQL returns, before any division."""
-
-    station_id: str
-    bucket_start: datetime
-    flow_sum: float  # sum of lane flows over all rows (veh/h)
-    intervals: int  # distinct interval starts observed
-    lane_rows: int  # lane intervals observed
-    period_s: int
-    occ_sum: float
-    occ_n: int
-    q_speed: float  # sum of q over lanes with a speed (measured or estimated)
-    q_over_v: float  # sum of q / v over the same lanes
-
-    @property
-    def flow_vph(self) -> float | None:
-        return self.flow_sum / self.intervals if self.intervals else None
-
-    @property
-    def q_speed_mean(self) -> float:
-        return self.q_speed / self.intervals if self.intervals else 0.0
-
-    @property
-    def q_over_v_mean(self) -> float:
-        return self.q_over_v / self.intervals if self.intervals else 0.0
 
 
 @dataclass(frozen=True)
@@ -134,19 +108,26 @@ def station_last_seen(
 ) -> dict[str, datetime]:
     """Station id -> end of its newest stored interval (only stations seen in the window).
 
-    A window keeps this an index range scan on a large table; callers ask for the stations they
-    care about (the live views pass the last hour of data time).
+    With a window (the live views pass the last hour of data time) it reads the 5-minute
+    roll-ups' newest interval per bucket and raw rows only for the window's ragged edges and what
+    is not rolled up yet, not an hour of raw rows.
     """
     r = schema.readings
-    end = func.max(r.c.interval_start)
-    q = select(r.c.station_id, end, func.max(r.c.period_s)).group_by(r.c.station_id)
-    if since is not None:
-        q = q.where(r.c.interval_start >= since)
-    if until is not None:
-        q = q.where(r.c.interval_start <= until)
+    if since is None or until is None:
+        end = func.max(r.c.interval_start)
+        q = select(r.c.station_id, end, func.max(r.c.period_s)).group_by(r.c.station_id)
+        if since is not None:
+            q = q.where(r.c.interval_start >= since)
+        if until is not None:
+            q = q.where(r.c.interval_start <= until)
+    else:
+        sums = station_sums_query(conn, since, until + timedelta(microseconds=1), 300).subquery()
+        q = select(
+            sums.c.station_id, func.max(sums.c.last_start), func.max(sums.c.period_s)
+        ).group_by(sums.c.station_id)
     out: dict[str, datetime] = {}
     for station_id, last, period in conn.execute(q):
-        last = schema.readings.c.interval_start.type.process_result_value(last, conn.dialect)
+        last = _as_utc(conn, last)
         out[station_id] = last + timedelta(seconds=period or DEFAULT_PERIOD_S)
     return out
 
@@ -160,149 +141,277 @@ def station_states(conn: Connection) -> dict[str, tuple[str, datetime]]:
     }
 
 
-# --------------------------------------------------------------------------- the grouped pass
+# --------------------------------------------------------------------------- station sums
+
+# Where the station sums come from: "rollup" reads the stored roll-ups (and the raw rows only for
+# what they do not cover yet), "raw" re-reads the raw rows (the reference the tests and the
+# benchmark compare against).
+SOURCES = ("rollup", "raw")
 
 
-def _speed_terms() -> tuple[Any, Any, Any]:
-    """SQL for lane flow q, and for q and q / v over the lanes whose speed is known or estimable."""
-    r, st = schema.readings, schema.stations
-    q = cast(r.c.count, Float) * 3600.0 / r.c.period_s
-    measured = and_(r.c.speed_kph.is_not(None), r.c.speed_kph > 0)
-    estimated = and_(r.c.speed_kph.is_(None), r.c.occupancy > 0, r.c.count > 0)
-    q_over_v = case(
-        (measured, q / r.c.speed_kph),
-        (estimated, r.c.occupancy * 1000.0 / st.c.vehicle_length_m),
-        else_=None,
+def _raw_piece(
+    start: datetime,
+    end: datetime,
+    bucket: Any,
+    station_ids: Collection[str] | None,
+) -> Any:
+    """Station sums straight from ``readings`` in [start, end), grouped by ``bucket``."""
+    r = schema.readings
+    stmt = (
+        select(*rollup.raw_sums_columns(bucket))
+        .where(r.c.interval_start >= start, r.c.interval_start < end)
+        .group_by(r.c.station_id, bucket)
     )
-    q_with_speed = case((measured, q), (estimated, q), else_=None)
-    return q, q_with_speed, q_over_v
+    if station_ids is not None:
+        stmt = stmt.where(r.c.station_id.in_(sorted(station_ids)))
+    return stmt
 
 
-def _station_sums(
+def _stored_piece(
+    level: rollup.Level,
+    start: datetime,
+    end: datetime,
+    bucket_s: int,
+    tz: str | None,
+    station_ids: Collection[str] | None,
+) -> Any:
+    """Station sums from a stored level's rows starting in [start, end), regrouped to the
+    requested bucket where it is coarser than the level's."""
+    t = level.table
+    if int(level.width.total_seconds()) == bucket_s:
+        stmt = select(*(t.c[name] for name in ROLLUP_COLUMNS))
+    else:
+        bucket = time_bucket(timedelta(seconds=bucket_s), t.c.bucket_start, tz)
+        stmt = select(*rollup.sums_of_sums_columns(t, bucket)).group_by(t.c.station_id, bucket)
+    stmt = stmt.where(t.c.bucket_start >= start, t.c.bucket_start < end)
+    if station_ids is not None:
+        stmt = stmt.where(t.c.station_id.in_(sorted(station_ids)))
+    return stmt
+
+
+ROLLUP_COLUMNS = ("station_id", "bucket_start", *rollup.SUM_COLUMNS, *rollup.MAX_COLUMNS)
+
+
+def _usable_levels(bucket_s: int) -> list[rollup.Level]:
+    """Stored levels whose buckets nest in the requested one, coarsest first (hours and days are
+    local, as requested buckets of an hour or more are: :func:`bucket_tz`)."""
+    out = []
+    for level in reversed(rollup.LEVELS):
+        width = int(level.width.total_seconds())
+        if bucket_s % width == 0 and (level.local == (bucket_s >= 3600) or not level.local):
+            out.append(level)
+    return out
+
+
+def _pieces(
+    start: datetime, end: datetime, levels: list[rollup.Level], tz: str | None
+) -> list[tuple[rollup.Level | None, datetime, datetime]]:
+    """Cover [start, end) with whole buckets of the coarsest stored level, its ragged edges with
+    the next finer level, and what no level covers (partial 5-minute buckets) with raw rows."""
+    if start >= end:
+        return []
+    if not levels:
+        return [(None, start, end)]
+    level, finer = levels[0], levels[1:]
+    zone = tz if level.local else None
+    lo = rollup.bucket_ceil(start, level.width, zone)
+    hi = rollup.bucket_floor(end, level.width, zone)
+    if lo >= hi:
+        return _pieces(start, end, finer, tz)
+    return [*_pieces(start, lo, finer, tz), (level, lo, hi), *_pieces(hi, end, finer, tz)]
+
+
+def _dirty_since(conn: Connection, station_ids: Collection[str] | None) -> datetime | None:
+    """The oldest 5-minute bucket logged dirty (for these stations): roll-ups are exact before
+    it; from it on the raw rows answer."""
+    d = schema.rollup_dirty
+    stmt = select(func.min(d.c.bucket_start))
+    if station_ids is not None:
+        stmt = stmt.where(d.c.station_id.in_(sorted(station_ids)))
+    return conn.execute(stmt).scalar()
+
+
+def station_sums_query(
     conn: Connection,
     start: datetime,
     end: datetime,
     bucket_s: int | None,
     *,
-    station_ids: Collection[str] | None = None,
     tz: str | None = None,
-) -> list[_Sums]:
-    """One grouped pass over readings in [start, end); ``bucket_s=None`` makes the window one bucket."""
-    r, st = schema.readings, schema.stations
-    q, q_with_speed, q_over_v = _speed_terms()
+    station_ids: Collection[str] | None = None,
+    source: str = "rollup",
+) -> Any:
+    """A query of per station and bucket sums over [start, end) (columns: ROLLUP_COLUMNS).
+
+    With ``source="rollup"`` the window is split into whole buckets of the stored levels and the
+    rest; everything from the oldest dirty bucket on (what the worker has not rolled up yet, a
+    few seconds' worth when it keeps up) is read from the raw rows, so an answer is exactly what
+    the raw rows give, however far behind the worker is. ``bucket_s=None`` makes the window one
+    bucket (the live view), read raw.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
     if bucket_s is None:
         bucket: Any = literal(start, schema.readings.c.interval_start.type)
-    else:
-        bucket = time_bucket(timedelta(seconds=bucket_s), r.c.interval_start, tz)
-    bucket = bucket.label("bucket")
-    stmt = (
-        select(
-            r.c.station_id,
-            bucket,
-            func.coalesce(func.sum(q), 0.0),
-            func.count(func.distinct(r.c.interval_start)),
-            func.count(),
-            func.max(r.c.period_s),
-            func.coalesce(func.sum(r.c.occupancy), 0.0),
-            func.count(r.c.occupancy),
-            func.coalesce(func.sum(q_with_speed), 0.0),
-            func.coalesce(func.sum(q_over_v), 0.0),
-        )
-        .join(st, st.c.station_id == r.c.station_id)
-        .where(r.c.interval_start >= start, r.c.interval_start < end)
-        .group_by(r.c.station_id, bucket)
+        return _raw_piece(start, end, bucket, station_ids)
+    raw_bucket = time_bucket(timedelta(seconds=bucket_s), schema.readings.c.interval_start, tz)
+    if source == "raw":
+        return _raw_piece(start, end, raw_bucket, station_ids)
+    dirty = _dirty_since(conn, station_ids)
+    stored_end = max(start, min(end, dirty)) if dirty is not None else end
+    pieces = _pieces(start, stored_end, _usable_levels(bucket_s), tz)
+    if stored_end < end:
+        pieces.append((None, stored_end, end))
+    selects = [
+        _raw_piece(lo, hi, raw_bucket, station_ids)
+        if level is None
+        else _stored_piece(level, lo, hi, bucket_s, tz, station_ids)
+        for level, lo, hi in pieces
+    ]
+    if len(selects) == 1:
+        return selects[0]
+    both = union_all(*selects).subquery("pieces")
+    return select(*rollup.sums_of_sums_columns(both, both.c.bucket_start)).group_by(
+        both.c.station_id, both.c.bucket_start
     )
-    if station_ids is not None:
-        stmt = stmt.where(r.c.station_id.in_(list(station_ids)))
-    ts_type = schema.readings.c.interval_start.type
-    out = []
-    for row in conn.execute(stmt):
-        b = row[1]
-        if not isinstance(b, datetime) or b.tzinfo is None:
-            b = ts_type.process_result_value(b, conn.dialect)
-        out.append(
-            _Sums(
-                station_id=row[0],
-                bucket_start=b,
-                flow_sum=float(row[2]),
-                intervals=int(row[3]),
-                lane_rows=int(row[4]),
-                period_s=int(row[5] or DEFAULT_PERIOD_S),
-                occ_sum=float(row[6]),
-                occ_n=int(row[7]),
-                q_speed=float(row[8]),
-                q_over_v=float(row[9]),
-            )
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- roll-ups
 
 
-def _combine(
-    target_id: str,
-    bucket_start: datetime,
-    parts: list[_Sums],
-    members: list[str],
-    lanes: dict[str, int],
+def _as_utc(conn: Connection, value: Any) -> datetime:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    return schema.readings.c.interval_start.type.process_result_value(value, conn.dialect)
+
+
+def _intervals(
+    conn: Connection,
+    query: Any,
+    network: Network,
+    level: str,
     bucket_s: float,
-) -> Interval:
-    """Roll station sums up to one target: mean station flow, harmonic speed, mean occupancy, and
-    % observed against every lane of every station the target has (a silent station counts)."""
-    flows = [p.flow_vph for p in parts if p.flow_vph is not None]
-    q_speed = sum(p.q_speed_mean for p in parts)
-    q_over_v = sum(p.q_over_v_mean for p in parts)
-    occ_n = sum(p.occ_n for p in parts)
-    period = {p.station_id: p.period_s for p in parts}
-    expected = sum(
-        lanes[sid] * max(bucket_s / period.get(sid, DEFAULT_PERIOD_S), 1.0) for sid in members
-    )
-    observed = sum(p.lane_rows for p in parts)
-    return Interval(
-        target_id=target_id,
-        bucket_start=bucket_start,
-        speed_kph=(q_speed / q_over_v) if q_over_v > 0 else None,
-        flow_vph=(sum(flows) / len(flows)) if flows else None,
-        occupancy=(sum(p.occ_sum for p in parts) / occ_n) if occ_n else None,
-        pct_observed=min(100.0, 100.0 * observed / expected) if expected else 0.0,
-    )
+    target_ids: Collection[str] | None = None,
+) -> list[Interval]:
+    """Apply the handbook's formulas to per-target sums (rollup.TARGET_COLUMNS): the one place
+    they are written, whether the sums were stored by the worker or summed for this query.
+
+    Flow is the mean station flow, speed sum(q) / sum(q / v), occupancy the mean over lane
+    rows, % observed the lane intervals seen over those expected of every lane of every station
+    of the target (a silent station counts, with the default period).
+    """
+    c = query.selected_columns
+    if target_ids is not None:
+        query = query.where(c.target_id.in_(sorted(target_ids)))
+    lanes_of = _target_lanes(network, level)
+    default_expected = max(bucket_s / DEFAULT_PERIOD_S, 1.0)
+    buckets: dict[Any, datetime] = {}  # many targets share a bucket: convert each once
+    out = []
+    for target, b, flow, n, q_speed, q_over_v, occ, occ_n, seen, exp_own, lanes in conn.execute(
+        query.with_only_columns(*(c[name] for name in rollup.TARGET_COLUMNS))
+    ):
+        if target not in lanes_of:
+            continue
+        bucket = buckets.get(b)
+        if bucket is None:
+            bucket = buckets[b] = _as_utc(conn, b)
+        q_over_v, occ_n = float(q_over_v), int(occ_n)
+        expected = (lanes_of[target] - int(lanes)) * default_expected + float(exp_own)
+        out.append(
+            Interval(
+                target_id=target,
+                bucket_start=bucket,
+                speed_kph=float(q_speed) / q_over_v if q_over_v > 0 else None,
+                flow_vph=float(flow) / n if n else None,
+                occupancy=float(occ) / occ_n if occ_n else None,
+                pct_observed=min(100.0, 100.0 * int(seen) / expected) if expected else 0.0,
+            )
+        )
+    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+    return out
 
 
-def _key_of(network: Network, level: str) -> dict[str, str]:
-    """Station id -> the id of the station, segment or corridor it counts towards."""
+def _roll_up(
+    conn: Connection,
+    sums: Any,
+    network: Network,
+    level: str,
+    bucket_s: float,
+    target_ids: Collection[str] | None = None,
+) -> list[Interval]:
+    """Roll station sums up to stations, segments or corridors in SQL, then apply the formulas."""
+    query = rollup.target_sums_query(sums.subquery("station_sums"), level, bucket_s)
+    return _intervals(conn, query, network, level, bucket_s, target_ids)
+
+
+def _stored_targets(
+    conn: Connection,
+    network: Network,
+    level: str,
+    start: datetime,
+    end: datetime,
+    target_ids: Collection[str] | None,
+    station_ids: Collection[str] | None,
+) -> list[Interval]:
+    """5-minute segment or corridor figures: whole buckets from the stored target roll-ups (up to
+    the oldest dirty bucket), the rest through the station path."""
+    dirty = _dirty_since(conn, station_ids)
+    stored_end = max(start, min(end, dirty)) if dirty is not None else end
+    lo = rollup.bucket_ceil(start, rollup.FIVE_MIN, None)
+    hi = rollup.bucket_floor(stored_end, rollup.FIVE_MIN, None)
+    if lo >= hi:
+        lo = hi = start
+    t = rollup.TARGET_TABLES[level]
+    out = []
+    if lo < hi:
+        query = select(*(t.c[name] for name in rollup.TARGET_COLUMNS)).where(
+            t.c.bucket_start >= lo, t.c.bucket_start < hi
+        )
+        out += _intervals(conn, query, network, level, 300, target_ids)
+    for a, b in ((start, lo), (hi, end)):
+        if a < b:
+            sums = station_sums_query(conn, a, b, 300, station_ids=station_ids)
+            out += _roll_up(conn, sums, network, level, 300, target_ids)
+    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+    return out
+
+
+def _target_lanes(network: Network, level: str) -> dict[str, int]:
+    """Each target's lanes over all its stations: the denominator of % observed."""
     seg_of = {s.station_id: s.segment_id for s in network.stations}
-    if level == "station":
-        return {sid: sid for sid in seg_of}
-    if level == "segment":
-        return seg_of
-    if level == "corridor":
-        corridor = {s.segment_id: s.corridor_id for s in network.segments}
-        return {sid: corridor[seg] for sid, seg in seg_of.items()}
-    raise ValueError(f"unknown level {level!r}")
-
-
-def roll_up(sums: list[_Sums], network: Network, level: str, bucket_s: float) -> list[Interval]:
-    """Group station sums by station, segment or corridor and bucket, then combine each group."""
-    lanes = {s.station_id: s.lanes for s in network.stations}
-    key_of = _key_of(network, level)
-    members: dict[str, list[str]] = defaultdict(list)
-    for sid, key in key_of.items():
-        members[key].append(sid)
-    groups: dict[tuple[str, datetime], list[_Sums]] = defaultdict(list)
-    for s in sums:
-        if s.station_id in key_of:
-            groups[(key_of[s.station_id], s.bucket_start)].append(s)
-    return [
-        _combine(target, b, parts, members[target], lanes, bucket_s)
-        for (target, b), parts in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ]
+    corridor = {s.segment_id: s.corridor_id for s in network.segments}
+    out: dict[str, int] = defaultdict(int)
+    for st in network.stations:
+        if level == "station":
+            key = st.station_id
+        elif level == "segment":
+            key = seg_of[st.station_id]
+        elif level == "corridor":
+            key = corridor[seg_of[st.station_id]]
+        else:
+            raise ValueError(f"unknown level {level!r}")
+        out[key] += st.lanes
+    return dict(out)
 
 
 def bucket_tz(network: Network, bucket_s: int) -> str | None:
     """Hourly and daily buckets follow the network's local clock (a report's "day" is a local
     day, also across DST); shorter ones are zone-independent and cheaper unzoned."""
     return network.timezone if bucket_s >= 3600 else None
+
+
+def _stations_of(
+    network: Network, level: str, target_ids: Collection[str] | None
+) -> Collection[str] | None:
+    if target_ids is None:
+        return None
+    wanted = set(target_ids)
+    if level == "station":
+        return wanted
+    if level == "segment":
+        return [s.station_id for s in network.stations if s.segment_id in wanted]
+    segs = {s.segment_id for s in network.segments if s.corridor_id in wanted}
+    return [s.station_id for s in network.stations if s.segment_id in segs]
 
 
 def aggregate(
@@ -314,25 +423,27 @@ def aggregate(
     bucket_s: int,
     *,
     target_ids: Collection[str] | None = None,
+    source: str = "rollup",
 ) -> list[Interval]:
-    """Flow, speed, occupancy and % observed per target and bucket over [start, end)."""
-    station_ids: Collection[str] | None = None
-    if target_ids is not None:
-        wanted = set(target_ids)
-        if level == "station":
-            station_ids = wanted
-        elif level == "segment":
-            station_ids = [s.station_id for s in network.stations if s.segment_id in wanted]
-        else:
-            segs = {s.segment_id for s in network.segments if s.corridor_id in wanted}
-            station_ids = [s.station_id for s in network.stations if s.segment_id in segs]
-    sums = _station_sums(
-        conn, start, end, bucket_s, station_ids=station_ids, tz=bucket_tz(network, bucket_s)
+    """Flow, speed, occupancy and % observed per target and bucket over [start, end).
+
+    ``source="raw"`` re-reads the raw rows instead of the roll-ups; the answers are the same
+    (tests/test_rollups.py), only slower."""
+    if level not in ("station", "segment", "corridor"):
+        raise ValueError(f"unknown level {level!r}")
+    station_ids = _stations_of(network, level, target_ids)
+    if source == "rollup" and bucket_s == 300 and level in rollup.TARGET_TABLES:
+        return _stored_targets(conn, network, level, start, end, target_ids, station_ids)
+    sums = station_sums_query(
+        conn,
+        start,
+        end,
+        bucket_s,
+        tz=bucket_tz(network, bucket_s),
+        station_ids=station_ids,
+        source=source,
     )
-    out = roll_up(sums, network, level, bucket_s)
-    if target_ids is not None:
-        out = [i for i in out if i.target_id in set(target_ids)]
-    return out
+    return _roll_up(conn, sums, network, level, bucket_s, target_ids)
 
 
 def segment_buckets(
@@ -360,7 +471,8 @@ def segment_buckets(
 def window(
     conn: Connection, network: Network, level: str, start: datetime, end: datetime
 ) -> dict[str, Interval]:
-    """Each target's traffic over the whole window [start, end), as one bucket (the live view)."""
-    sums = _station_sums(conn, start, end, None)
+    """Each target's traffic over the whole window [start, end), as one bucket (the live view:
+    a few minutes of raw rows, read through the time index)."""
+    sums = station_sums_query(conn, start, end, None)
     width = (end - start).total_seconds()
-    return {i.target_id: i for i in roll_up(sums, network, level, width)}
+    return {i.target_id: i for i in _roll_up(conn, sums, network, level, width)}
