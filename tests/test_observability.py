@@ -219,3 +219,20 @@ def test_metrics_port_serves_the_registry_over_http() -> None:
         server.shutdown()
         server.server_close()
     assert "its_ingest_messages_total 7.0" in body
+
+
+def test_a_taken_metrics_port_is_a_clear_error(settings: Settings) -> None:
+    import socket
+
+    import typer
+
+    from its.cli import _metrics_registry
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = settings.model_copy(update={"metrics_port": port})
+        with pytest.raises(typer.BadParameter, match=f"127.0.0.1:{port}.*ITS_METRICS_PORT"):
+            _metrics_registry(busy, "ingest")
+    assert _metrics_registry(settings, "ingest") is None  # unset: no server
