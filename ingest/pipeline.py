@@ -53,6 +53,7 @@ from its.db.writes import (
     upsert_station_status,
 )
 from its.errors import ContractError, PayloadError, TopicError
+from its.telemetry import IngestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Pipeline:
         directory: StationDirectory | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_delays: tuple[float, ...] = (0.5, 1, 2, 5, 10),
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -146,6 +148,8 @@ class Pipeline:
         self.stats = IngestStats()
         self._retry_delays = retry_delays
         self._batch = _Batch()
+        self.metrics = metrics
+        self._write_s = 0.0  # how long the last successful write took (for metrics)
 
     # ------------------------------------------------------------------ routing
 
@@ -296,7 +300,7 @@ class Pipeline:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self.stats.write_errors += 1
+                self._write_error()
                 delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
                 log.error(
                     "ingest: write failed (%s); retrying in %.1fs", exc.__class__.__name__, delay
@@ -310,7 +314,7 @@ class Pipeline:
     def _isolate(self, b: _Batch, exc: BaseException, stop: Callable[[], bool]) -> bool:
         """Write a refused batch one message at a time; each message the store still refuses
         becomes a dead letter. Each message is acked as soon as its own write commits."""
-        self.stats.write_errors += 1
+        self._write_error()
         self.stats.rejected_batches += 1
         log.error(
             "ingest: the store refused a batch (%s); writing its %d messages one by one",
@@ -358,6 +362,11 @@ class Pipeline:
                 return None, single
             time.sleep(delay)
 
+    def _write_error(self) -> None:
+        self.stats.write_errors += 1
+        if self.metrics is not None:
+            self.metrics.write_errors.inc()
+
     def _done(self, b: _Batch, inserted: int) -> None:
         for msg in b.messages:
             if msg.ack is not None:
@@ -367,13 +376,25 @@ class Pipeline:
         self.stats.dead_letters += len(b.dead)
         self.stats.states += len(b.states)
         self.stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.batch(
+                messages=len(b.messages),
+                rows=len(b.rows),
+                inserted=inserted,
+                dead_reasons=[d.reason for d in b.dead],
+                states=len(b.states),
+                seconds=self._write_s,
+                newest=max((r["interval_start"] for r in b.rows), default=None),
+            )
 
     def _write(self, b: _Batch) -> int:
+        started = time.perf_counter()
         with self.engine.begin() as conn:
             inserted = insert_readings(conn, b.rows)
             insert_dead_letters(conn, b.dead)
             for station_id, state, at, received in b.states:
                 upsert_station_status(conn, station_id, state, at, received)
+        self._write_s = time.perf_counter() - started
         return inserted
 
     def run(

@@ -29,6 +29,7 @@ from its.config import MqttEndpoint, Settings
 from its.contract import subscriptions
 from its.db.engine import make_engine
 from its.errors import ConfigError, ITSError
+from its.telemetry import IngestMetrics
 
 log = logging.getLogger("its.ingest")
 REPORT_EVERY_S = 10.0
@@ -77,9 +78,16 @@ def to_message(m: mqtt.MQTTMessage, ack: Callable[[], None] | None) -> Message:
 class MqttSource:
     """Subscribes and yields :class:`Message` items (or ``None`` ticks while quiet)."""
 
-    def __init__(self, settings: Settings, endpoint: MqttEndpoint, client_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.endpoint = endpoint
+        self.metrics = metrics
         self.queue: queue.Queue[Message] = queue.Queue(maxsize=200_000)
         self.subscribed = threading.Event()
         self.client = make_client(endpoint, client_id, clean_session=False, manual_ack=True)
@@ -100,11 +108,15 @@ class MqttSource:
         if getattr(rc, "is_failure", False):
             log.error("ingest: broker refused the connection: %s", rc)
             return
+        if self.metrics is not None:
+            self.metrics.broker(connected=True)
         topics = self._topics()
         client.subscribe([(t, 1) for t in topics])
         log.info("ingest: connected to %s, subscribed to %s", self.endpoint.url, ", ".join(topics))
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        if self.metrics is not None:
+            self.metrics.broker(connected=False, expected=not getattr(rc, "is_failure", False))
         if getattr(rc, "is_failure", False):
             self.lost.set()
             log.warning(
@@ -287,14 +299,16 @@ def run_ingest(
     client_id: str | None = None,
     on_stats: Callable[[IngestStats], None] | None = None,
     ready: threading.Event | None = None,
+    metrics: IngestMetrics | None = None,
 ) -> IngestStats:
-    """Ingest until ``stop`` is set, then flush, ack, disconnect and return the counters."""
+    """Ingest until ``stop`` is set, then flush, ack, disconnect and return the counters.
+    ``metrics`` (docs/observability.md) counts what the pipeline and the connection do."""
     client_id = client_id or worker_client_id(settings)
     engine = engine or make_engine(settings.resolved_database_url)
-    pipeline = Pipeline(engine, settings)
+    pipeline = Pipeline(engine, settings, metrics=metrics)
     if not pipeline.directory.ensure_loaded(stop.is_set):  # waits (retrying) for the store
         return pipeline.stats
-    source = MqttSource(settings, endpoint, client_id)
+    source = MqttSource(settings, endpoint, client_id, metrics)
     source.start()
     reporter = _Reporter(pipeline.stats, on_stats)
     if ready is not None:

@@ -388,12 +388,18 @@ def ingest_cmd(
             "its session is ended"
         )
         return
+    from its.telemetry import IngestMetrics
+
+    registry = _metrics_registry(settings, "ingest")
+    metrics = IngestMetrics(registry) if registry is not None else None
     stop = _stop_on_signals()
     worker = _rollup_worker(settings, engine, network, stop)
     rollups = _Component("rollup", worker, stop) if worker else None
     if rollups:
         rollups.start()
-    stats = run_ingest(settings, endpoint, stop, engine=engine, client_id=client_id)
+    stats = run_ingest(
+        settings, endpoint, stop, engine=engine, client_id=client_id, metrics=metrics
+    )
     stop.set()
     if rollups:
         rollups.join(timeout=STOP_TIMEOUT_S)
@@ -403,10 +409,30 @@ def ingest_cmd(
     )
 
 
+def _metrics_registry(settings: Settings, command: str):  # noqa: ANN202 - CollectorRegistry | None
+    """A registry served at http://ITS_METRICS_HOST:ITS_METRICS_PORT/metrics, or None when
+    ITS_METRICS_PORT is unset (docs/observability.md)."""
+    from prometheus_client import CollectorRegistry
+
+    from its.telemetry import serve
+
+    if settings.metrics_port is None:
+        return None
+    registry = CollectorRegistry()
+    try:
+        serve(registry, settings.metrics_port, settings.metrics_host)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+            f"({exc.strerror or exc}): set another ITS_METRICS_PORT for its {command}"
+        ) from None
+    return registry
+
+
 # --------------------------------------------------------------------------- web
 
 
-def build_web_app(settings: Settings, *, engine=None, network=None):  # noqa: ANN001, ANN201
+def build_web_app(settings: Settings, *, engine=None, network=None, metrics_registry=None):  # noqa: ANN001, ANN201
     """The web process's app: the API (``/api/v1``, ``/docs``, ``/healthz``) and the Dash
     dashboard at ``/`` on one FastAPI app, sharing one engine and one road network.
 
@@ -418,7 +444,7 @@ def build_web_app(settings: Settings, *, engine=None, network=None):  # noqa: AN
     from its.api.limits import BodySizeLimitMiddleware
     from its.api.pages import SessionGate
 
-    api = create_app(settings, engine=engine, network=network)
+    api = create_app(settings, engine=engine, network=network, metrics_registry=metrics_registry)
     create_dash(api, settings=settings, engine=api.state.engine, network=api.state.network)
     # Added after Dash's own middleware, so it runs first: no session, no dashboard.
     api.add_middleware(SessionGate, engine=api.state.engine)
@@ -608,15 +634,30 @@ def up_cmd(
     else:
         typer.echo(f"MQTT broker: {endpoint.url}")
 
+    from prometheus_client import CollectorRegistry
+
+    from its.telemetry import AlertMetrics, IngestMetrics
+
     stop = _stop_on_signals()
     publish, close_publisher = _alert_publisher(settings, alerts_endpoint)
-    server = _web_server(settings, build_web_app(settings, engine=engine, network=network))
+    registry = CollectorRegistry()  # all components' metrics, at the web process's /metrics
+    ingest_metrics, alert_metrics = IngestMetrics(registry), AlertMetrics(registry)
+    web_app = build_web_app(settings, engine=engine, network=network, metrics_registry=registry)
+    server = _web_server(settings, web_app)
     components = [
         _Component(
-            "ingest", lambda: run_ingest(settings, ingest_endpoint, stop, engine=engine), stop
+            "ingest",
+            lambda: run_ingest(
+                settings, ingest_endpoint, stop, engine=engine, metrics=ingest_metrics
+            ),
+            stop,
         ),
         _Component(
-            "alerts", lambda: run_evaluator(settings, engine, network, stop, publish=publish), stop
+            "alerts",
+            lambda: run_evaluator(
+                settings, engine, network, stop, publish=publish, metrics=alert_metrics
+            ),
+            stop,
         ),
         _Component("web", server.run, stop),
     ]
@@ -692,6 +733,10 @@ def alerts_cmd(
     except Exception as exc:  # pydantic's ValidationError names the bad variable
         raise typer.BadParameter(f"invalid ITS_ALERT_ settings: {exc}") from None
     engine, network = _migrated_store(settings)
+    from its.telemetry import AlertMetrics
+
+    registry = _metrics_registry(settings, "alerts")
+    metrics = AlertMetrics(registry) if registry is not None else None
     publish, close_publisher = None, None
     endpoint = _broker(settings)
     if endpoint is not None:
@@ -706,6 +751,7 @@ def alerts_cmd(
             publish=publish,
             interval_s=interval,
             alert_settings=alert_settings,
+            metrics=metrics,
         )
     finally:
         if close_publisher is not None:

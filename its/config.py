@@ -121,6 +121,23 @@ class Settings(BaseSettings):
         180, ge=1, description="Live state older than this (in data time) is marked stale."
     )
 
+    # observability (docs/observability.md)
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port where `its ingest` and `its alerts` serve Prometheus /metrics "
+        "(unset: none). The web process serves its own at /metrics on ITS_WEB_PORT.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Interface the ITS_METRICS_PORT server binds."
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve the web process's /metrics to anyone; off: it needs an API key "
+        "(X-API-Key or Authorization: Bearer).",
+    )
+
     # identity (docs/security.md)
     auth_anonymous_read: bool = Field(
         False,
@@ -163,6 +180,7 @@ class Settings(BaseSettings):
         "mqtt_ca_file",
         "sim_credentials_file",
         "embedded_mqtt_credentials",
+        "metrics_port",
         mode="before",
     )
     @classmethod

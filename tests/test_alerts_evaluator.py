@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from ingest.broker import free_port
 from its.alerts import state as rule_state
 from its.alerts import store
 from its.alerts.config import AlertSettings
@@ -360,7 +362,9 @@ def test_its_alerts_command_runs_publishes_and_stops_on_sigterm(
     feed(db, network, SEG, T0, 20, ratio=0.3)
     received: list = []
     sub = _mqtt_subscriber(mosquitto, f"{topic_prefix}/alerts/#", received)
+    metrics_port = free_port()
     env = {
+        "ITS_METRICS_PORT": str(metrics_port),
         **os.environ,
         "ITS_DATA_DIR": str(tmp_path),
         "ITS_MQTT_URL": mosquitto.url,
@@ -380,6 +384,9 @@ def test_its_alerts_command_runs_publishes_and_stops_on_sigterm(
         deadline = time.monotonic() + 60
         while not received and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"  # ITS_METRICS_PORT (observability.md)
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+            metrics = r.read().decode()
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -389,6 +396,7 @@ def test_its_alerts_command_runs_publishes_and_stops_on_sigterm(
     assert proc.returncode == 0, out
     assert "alert 1 raised: congestion SDR-N-01" in out
     assert "1 raised" in out and "1 published" in out
+    assert 'its_alerts_events_total{event="raised",rule="congestion"} 1.0' in metrics
     topic, payload = received[0]
     assert topic == f"{topic_prefix}/alerts/1"
     assert (payload["event"], payload["rule"], payload["target_id"]) == (

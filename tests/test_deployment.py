@@ -5,6 +5,7 @@ Mosquitto."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,97 @@ def test_services_wait_for_migrations() -> None:
     for name in [*INGEST, "alerts", "web"]:
         dep = PLATFORM[name]["depends_on"]["migrate"]["condition"]
         assert dep == "service_completed_successfully"
+
+
+# --------------------------------------------------------------------------- monitoring
+
+PROMETHEUS = yaml.safe_load(COMPOSE["configs"]["prometheus_yml"]["content"])
+DASHBOARD = ROOT / "ops" / "grafana" / "its-platform.json"
+METRIC_NAME = re.compile(r"\bits_[a-z_]+\b")
+
+
+def _code_metric_names() -> set[str]:
+    """Every series the code exports, as Prometheus names them (counters gain ``_total``,
+    histograms ``_bucket``/``_sum``/``_count``), read from the real metric objects."""
+    from prometheus_client import CollectorRegistry
+
+    from its.api.metrics import WebMetrics
+    from its.telemetry import AlertMetrics, IngestMetrics
+
+    registry = CollectorRegistry()
+    IngestMetrics(registry), AlertMetrics(registry), WebMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+        }.get(family.type, ("",))
+        names.update(family.name + s for s in suffixes)
+    return names
+
+
+def test_every_scrape_target_is_a_compose_service_serving_metrics() -> None:
+    targets = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in PROMETHEUS["scrape_configs"]
+    }
+    hosts = {t.split(":")[0] for ts in targets.values() for t in ts}
+    assert hosts == {"web", *INGEST, "alerts"}, "scrape every long-running component"
+    for job, ts in targets.items():
+        for target in ts:
+            host, port = target.split(":")
+            env = _env(PLATFORM[host])
+            if host == "web":
+                assert port == env["ITS_WEB_PORT"]
+                continue
+            assert port == env["ITS_METRICS_PORT"], f"{job}: {target}"
+            assert env["ITS_METRICS_HOST"] == "0.0.0.0"  # reachable on the compose network
+            assert "ports" not in PLATFORM[host], "metrics stay on the compose network"
+    web_job = next(j for j in PROMETHEUS["scrape_configs"] if "web:8050" in str(j))
+    key_file = web_job["authorization"]["credentials_file"]
+    mounts = " ".join(SERVICES["prometheus"]["volumes"])
+    assert f":{key_file}:ro" in mounts and "deploy/prometheus/" in mounts
+    assert "deploy/prometheus/" in (ROOT / ".gitignore").read_text()
+    assert "ITS_METRICS_PUBLIC" not in _env(PLATFORM["web"])  # the key stays required
+
+
+def test_monitoring_listens_on_loopback_and_grafana_needs_a_password() -> None:
+    assert SERVICES["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert SERVICES["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    env = _raw_env(SERVICES["grafana"])
+    assert VARIABLE.fullmatch(env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+def test_grafana_is_provisioned_with_the_dashboard_from_the_repository() -> None:
+    mounts = dict(v.split(":")[:2] for v in SERVICES["grafana"]["volumes"])
+    for source in mounts:
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+    provisioning = ROOT / "ops" / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (datasource,) = sources["datasources"]
+    assert datasource["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "its.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    assert mounts["./ops/grafana/its-platform.json"].startswith(path + "/")
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+
+
+def test_every_dashboard_expression_names_metrics_the_code_exports() -> None:
+    exported = _code_metric_names()
+    panels = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+    assert len(panels) >= 10
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(METRIC_NAME.findall(target["expr"]))
+            assert names, f"{panel['title']}: {target['expr']} names no its_ metric"
+            assert names <= exported, f"{panel['title']}: unknown {sorted(names - exported)}"
+            used |= names
+    for prefix in ("its_ingest_", "its_alerts_", "its_http_"):
+        assert any(n.startswith(prefix) for n in used), f"no panel shows {prefix}*"

@@ -112,6 +112,15 @@ def test_make_run_shows_live_traffic_and_operator_acknowledges_sim_alert(
 
     alert = wait_for(sim_alert, timeout=120, interval=0.5, what=f"a congestion alert on {target}")
     assert "Ingest" in output.read_text() or "ingest" in output.read_text()
+    # one /metrics for the whole process: ingest, alerts and web (docs/observability.md)
+    assert _get(f"{base}/metrics").status_code == 401
+    metrics = _get(f"{base}/metrics", {"Authorization": f"Bearer {key['X-API-Key']}"}).text
+    inserted = re.search(r"^its_ingest_readings_inserted_total (\S+)$", metrics, re.M)
+    assert inserted and float(inserted.group(1)) > 0, metrics[:2000]
+    assert re.search(
+        r'^its_alerts_events_total\{event="raised",rule="congestion"\} [1-9]', metrics, re.M
+    )
+    assert 'its_http_request_seconds_count{method="GET",route="/api/v1/alerts"}' in metrics
 
     browser.get(link)  # signs in and lands on the dashboard at once
     wait_until(

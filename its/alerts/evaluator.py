@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from its.contract import AlertTopic, iso
 from its.db import schema
 from its.network import Network
 from its.service.traffic import data_clock, segment_buckets, station_last_seen, station_states
+from its.telemetry import AlertMetrics
 
 log = logging.getLogger("its.alerts")
 
@@ -94,6 +96,8 @@ class StepResult:
     buckets: int = 0
     evaluated_until: datetime | None = None
     changes: list[store.Change] = field(default_factory=list)
+    # complete buckets still to evaluate after this step (a step does at most max_buckets_per_step)
+    buckets_behind: int = 0
 
     def events(self, kind: str | None = None) -> list[store.Change]:
         return [c for c in self.changes if kind is None or c.event == kind]
@@ -332,6 +336,8 @@ class Evaluator:
         start = progress or fresh_start
         limit = start + timedelta(seconds=BUCKET_S * self.cfg.max_buckets_per_step)
         end = min(complete_until, limit)
+        result.buckets_behind = max(int((complete_until - max(end, start)).total_seconds()), 0)
+        result.buckets_behind //= BUCKET_S
         if end <= start:
             return
         rows = {
@@ -414,6 +420,7 @@ def run_evaluator(
     publish: Publisher | None = None,
     interval_s: float = 2.0,
     alert_settings: AlertSettings | None = None,
+    metrics: AlertMetrics | None = None,
 ) -> EvaluatorStats:
     """Evaluate until ``stop`` is set: ``its alerts`` runs it, ``its up`` runs it in a thread.
 
@@ -431,8 +438,11 @@ def run_evaluator(
     try:
         while not stop.is_set():
             catching_up = False
+            started = time.perf_counter()
             try:
                 result = evaluator.step()
+                if metrics is not None:
+                    _observe(metrics, result, time.perf_counter() - started)
                 catching_up = result.buckets >= evaluator.cfg.max_buckets_per_step
                 if result.leading != was_leading and not result.leading:
                     log.info("alerts evaluator on standby: another instance leads")
@@ -440,6 +450,9 @@ def run_evaluator(
             except Exception:  # noqa: BLE001 - keep evaluating; the next tick retries
                 log.exception("alerts evaluation step failed; retrying")
                 evaluator.release()
+                if metrics is not None:
+                    metrics.steps.labels("failed").inc()
+                    metrics.leading.set(0)
             if not catching_up:
                 stop.wait(interval_s)
     finally:
@@ -453,3 +466,19 @@ def run_evaluator(
         s.cleared,
     )
     return s
+
+
+def _observe(metrics: AlertMetrics, result: StepResult, seconds: float) -> None:
+    """One step's figures on the evaluator's metrics (docs/observability.md)."""
+    metrics.leading.set(1 if result.leading else 0)
+    if not result.leading:
+        metrics.steps.labels("standby").inc()
+        return
+    metrics.steps.labels("led").inc()
+    metrics.step_seconds.observe(seconds)
+    metrics.buckets.inc(result.buckets)
+    metrics.buckets_behind.set(result.buckets_behind)
+    if result.data_time is not None:
+        metrics.data_time.set(result.data_time.timestamp())
+    for change in result.changes:
+        metrics.alerts.labels(change.alert.rule, change.event).inc()

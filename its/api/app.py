@@ -15,8 +15,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
+from its.api import metrics
 from its.api.health import router as health_router
 from its.api.pages import router as pages_router
 from its.api.routes import api_router
@@ -47,8 +49,10 @@ def create_app(
     *,
     engine: Engine | None = None,
     network: Network | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """The API app; pass ``engine``/``network`` to share them (``its up``, tests)."""
+    """The API app; pass ``engine``/``network`` to share them (``its up``, tests), and
+    ``metrics_registry`` to serve other components' metrics at its ``/metrics`` too."""
     from its.db.engine import make_engine
     from its.network import load_network
 
@@ -70,6 +74,7 @@ def create_app(
     app.include_router(health_router)
     app.include_router(pages_router)
     app.include_router(api_router)
+    metrics.install(app, metrics_registry)
     return app
 
 
