@@ -319,9 +319,9 @@ def test_body_limit_applies_to_dash_routes_too(web: TestClient) -> None:
 
 def test_bodies_under_the_limit_still_reach_the_api(web: TestClient, sqlite_engine: Engine) -> None:
     """The dashboard's own callback POSTs under the limit are exercised by a real browser on the
-    same app in tests/test_dashboard_browser.py (map, KPI cards, acknowledging): dispatching a
-    Dash callback in-process here would leave Dash's global state pointing at this app and break
-    that later test."""
+    same app in tests/test_dashboard_browser.py (map, KPI cards, acknowledging). Dispatching a
+    Dash callback in-process here made that later browser test's acknowledgement hang in the same
+    pytest process (Dash keeps process-wide state; not diagnosed further), so it is not done."""
     with sqlite_engine.begin() as conn:
         alert = store.raise_or_repeat(
             conn, "congestion", "SDR-N-01", "minor", "slow", {}, datetime.now(UTC)
