@@ -21,6 +21,7 @@ from dash import Dash
 from sqlalchemy.engine import Engine
 
 from dashboard import callbacks, layout, session, views
+from dashboard.guard import CallbackGuard
 from its.config import Settings
 from its.network import Network
 
@@ -55,6 +56,8 @@ def create_dash(server: FastAPI, *, settings: Settings, engine: Engine, network:
 
     app.layout = page
     callbacks.register_callbacks(app, d)
+    # added after Dash's own middleware, so it runs first: a malformed callback is a 400
+    server.add_middleware(CallbackGuard, callback_map=app.callback_map)
     return app
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from dashboard import figures, layout
 from its.alerts import store
+from its.api.params import MAX_ALERT_ID, reject_control_characters
 from its.auth import audit
 from its.auth.identity import Identity
 from its.auth.roles import Permission
@@ -25,6 +26,7 @@ from its.service import live, traffic
 
 SERIES_WINDOW = timedelta(hours=2)
 SERIES_BUCKET_S = 300
+MAX_COMMENT = 2000  # as the API's AckRequest
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,14 @@ def acknowledge(
         return layout.ack_message(
             f"Your role ({who.role}) can view alerts but not acknowledge them.", "warn"
         )
-    comment = (comment or "").strip() or None
+    if isinstance(alert_id, bool) or not isinstance(alert_id, int):  # a client sends both
+        return layout.ack_message("Not acknowledged: no such alert.", "warn")
+    if not 1 <= alert_id <= MAX_ALERT_ID:
+        return layout.ack_message(f"Alert #{alert_id} no longer exists.", "warn")
+    try:
+        comment = _clean_comment(comment)
+    except ValueError as exc:
+        return layout.ack_message(f"Not acknowledged: the comment {exc}.", "warn")
     try:
         with d.engine.begin() as conn:
             rec = store.acknowledge(conn, alert_id, operator=who.actor, comment=comment)
@@ -119,9 +128,20 @@ def acknowledge(
     return layout.ack_message(f"Alert #{rec.id} acknowledged by {rec.acked_by}.", "ok")
 
 
+def _clean_comment(comment: object) -> str | None:
+    """The comment as stored: text of at most MAX_COMMENT characters, no control characters
+    but tabs and line breaks (the API's rule); None when empty."""
+    if comment is not None and not isinstance(comment, str):
+        raise ValueError("must be text")
+    comment = (comment or "").strip()
+    if len(comment) > MAX_COMMENT:
+        raise ValueError(f"is longer than {MAX_COMMENT} characters")
+    return reject_control_characters(comment, allowed="\t\n\r") or None
+
+
 def segment_view(d: Dashboard, segment_id: str | None) -> Any:
     """Speed and flow of the selected segment over the last 2 hours of data time."""
-    if not segment_id:
+    if not segment_id or not isinstance(segment_id, str):  # a client sends this value
         return figures.empty_segment_figure()
     try:
         seg = d.network.segment(segment_id)
