@@ -32,6 +32,7 @@ from tests.conftest import wait_for
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)  # 08:00 in Jakarta; a bucket boundary
 SEG = "SDR-N-01"  # free flow 60 km/h, stations JKT-SDR-N-001 and -002
 OTHER = "SDR-N-02"  # stations JKT-SDR-N-003 and -004
+FIVE_MIN = timedelta(minutes=5)
 
 
 def feed(
@@ -42,8 +43,10 @@ def feed(
     minutes: float,
     ratio: float,
     period_s: int = 30,
+    received_at: datetime | None = None,
 ) -> None:
-    """Write ``minutes`` of readings for every station of a segment at speed ratio x free flow."""
+    """Write ``minutes`` of readings for every station of a segment at speed ratio x free flow,
+    received (wall time) at ``received_at``, or now."""
     seg = network.segment(segment_id)
     speed = ratio * seg.free_flow_kph
     rows = []
@@ -55,11 +58,12 @@ def feed(
                 interval_start=start + timedelta(seconds=i * period_s),
                 period_s=period_s,
                 lanes=[
-                    LaneReading(lane=n, count=10, occupancy=0.1, speed_kph=speed)
+                    # counts vary a little, as real ones do: identical values are a stuck loop
+                    LaneReading(lane=n, count=9 + i % 3, occupancy=0.1, speed_kph=speed)
                     for n in range(1, st.lanes + 1)
                 ],
             )
-            rows.extend(reading_rows(obs, received_at=datetime.now(UTC)))
+            rows.extend(reading_rows(obs, received_at=received_at or datetime.now(UTC)))
     with engine.begin() as conn:
         insert_readings(conn, rows)
 
@@ -153,7 +157,9 @@ def test_offline_station_state_raises_and_online_clears(engine: Engine, network:
 
 def test_a_silent_station_is_offline_until_data_flows(engine: Engine, network: Network) -> None:
     feed(engine, network, SEG, T0, 10, ratio=0.9)
-    feed(engine, network, OTHER, T0, 5, ratio=0.9)  # OTHER's stations stop after 5 minutes
+    # OTHER's stations stopped after 5 minutes of data, and the server last heard of them
+    # 5 minutes ago (wall time): silent on both clocks
+    feed(engine, network, OTHER, T0, 5, ratio=0.9, received_at=datetime.now(UTC) - FIVE_MIN)
     ev = evaluator(engine, network)
     raised = ev.step().events("raised")
     assert sorted(c.alert.target_id for c in raised) == ["JKT-SDR-N-003", "JKT-SDR-N-004"]
@@ -166,7 +172,8 @@ def test_a_silent_station_is_offline_until_data_flows(engine: Engine, network: N
 
 
 def test_all_stations_offline_suppresses_congestion(engine: Engine, network: Network) -> None:
-    feed(engine, network, SEG, T0, 20, ratio=0.3)
+    # SEG's stations go offline (Last Will) before they ever report: no data is not congestion
+    feed(engine, network, OTHER, T0, 20, ratio=0.9)
     with engine.begin() as conn:
         for st in network.stations_of(SEG):
             upsert_station_status(conn, st.station_id, "offline", None, datetime.now(UTC))
@@ -179,10 +186,23 @@ def test_all_stations_offline_suppresses_congestion(engine: Engine, network: Net
     with engine.begin() as conn:
         upsert_station_status(conn, "JKT-SDR-N-001", "online", None, datetime.now(UTC))
     feed(engine, network, SEG, T0 + timedelta(minutes=20), 5, ratio=0.3)
+    feed(engine, network, OTHER, T0 + timedelta(minutes=20), 5, ratio=0.9)
     assert ev.step().events("raised") == []
-    feed(engine, network, SEG, T0 + timedelta(minutes=25), 10, ratio=0.3)
-    result = ev.step()
+    feed(engine, network, SEG, T0 + timedelta(minutes=25), 15, ratio=0.3)
+    result = ev.step()  # buckets 01:20, 01:25 and 01:30 bad: 3 of 4
     assert [c.alert.target_id for c in result.events("raised")] == [SEG]
+
+
+def test_catch_up_suppresses_by_the_state_at_that_time(engine: Engine, network: Network) -> None:
+    """Stations offline now were reporting congestion back then: a catch-up still raises it."""
+    feed(engine, network, SEG, T0, 20, ratio=0.3)
+    with engine.begin() as conn:
+        for st in network.stations_of(SEG):
+            upsert_station_status(conn, st.station_id, "offline", None, datetime.now(UTC))
+    result = evaluator(engine, network).step()
+    raised = {(c.alert.rule, c.alert.target_id) for c in result.events("raised")}
+    assert ("congestion", SEG) in raised
+    assert {r for r, _ in raised} == {"congestion", "station-offline"}
 
 
 def test_restart_resumes_exactly_without_duplicates(engine: Engine, network: Network) -> None:
@@ -418,7 +438,7 @@ def test_a_station_silent_beyond_the_look_back_stays_offline(
     engine: Engine, network: Network
 ) -> None:
     feed(engine, network, SEG, T0, 10, ratio=0.9)
-    feed(engine, network, OTHER, T0, 5, ratio=0.9)
+    feed(engine, network, OTHER, T0, 5, ratio=0.9, received_at=datetime.now(UTC) - FIVE_MIN)
     ev = evaluator(engine, network)
     raised = ev.step().events("raised")
     assert len(raised) == 2
