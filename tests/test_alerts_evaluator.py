@@ -450,3 +450,74 @@ def test_a_station_silent_beyond_the_look_back_stays_offline(
     assert sorted(a.target_id for a in active) == ["JKT-SDR-N-003", "JKT-SDR-N-004"]
     assert {a.details["last_seen"] for a in active} == {"2026-11-22T01:05:00Z"}
     assert all(a.count > 1 for a in active)
+
+
+def test_a_dead_feed_raises_one_feed_stalled_alert_not_a_flood(
+    engine: Engine, network: Network
+) -> None:
+    """Every sensor stops: one critical feed-stalled alert within the setting, offline alarms
+    suppressed (and named), the last bucket evaluated by wall time, cleared when data flows."""
+    cfg = AlertSettings(_env_file=None, feed_stall_s=60)
+    wall = [datetime.now(UTC)]
+    ev = Evaluator(engine, network, alert_settings=cfg, wall_clock=lambda: wall[0])
+    _open.append(ev)
+    received = wall[0]
+    feed(engine, network, SEG, T0, 10, ratio=0.9, received_at=received)
+    feed(engine, network, OTHER, T0, 10, ratio=0.9, received_at=received)
+    assert ev.step().evaluated_until == T0 + timedelta(minutes=5)  # 01:05 awaits its grace
+
+    wall[0] = received + timedelta(seconds=59)
+    assert ev.step().changes == []  # not yet: the data clock alone would call them all silent
+    wall[0] = received + timedelta(seconds=61)
+    result = ev.step()
+    assert [(c.alert.rule, c.alert.severity) for c in result.events("raised")] == [
+        ("feed-stalled", "critical")
+    ]
+    stalled = result.events("raised")[0].alert
+    assert stalled.target_kind == "feed"
+    wall[0] = received + timedelta(minutes=10)
+    result = ev.step()
+    assert result.events("raised") == []  # still one alert, no offline flood
+    # the data clock stopped at 01:10, but the wall clock ran on: the buckets up to and past
+    # the last data are evaluated (01:05 and 01:10), without any later data arriving
+    assert result.evaluated_until == T0 + timedelta(minutes=15)
+    with engine.connect() as conn:
+        (now_stalled,) = store.active_alerts(conn).values()
+    assert now_stalled.id == stalled.id
+    assert len(now_stalled.details["suppressed_offline"]) == 4  # the stations that stopped
+
+    feed(engine, network, SEG, T0 + timedelta(minutes=10), 5, ratio=0.9, received_at=wall[0])
+    result = ev.step()
+    assert [c.alert.rule for c in result.events("cleared")] == ["feed-stalled"]
+    # SEG flows again; OTHER's stations are now silent on both clocks, one alarm each
+    assert sorted(c.alert.target_id for c in result.events("raised")) == [
+        "JKT-SDR-N-003",
+        "JKT-SDR-N-004",
+    ]
+
+
+def test_a_simulated_stuck_detector_raises_detector_fault_and_suppresses_congestion(
+    engine: Engine, network: Network
+) -> None:
+    """The simulator's own fault model: one stuck detector among a busy morning's healthy ones."""
+    from sim.model import TrafficModel
+    from sim.scenario import Scenario, SensorFault
+
+    station = "JKT-SDR-N-001"
+    scenario = Scenario(faults=(SensorFault(station, "stuck", T0 + timedelta(minutes=5)),))
+    model = TrafficModel(network, seed=7, scenario=scenario)
+    rows = []
+    now = datetime.now(UTC)
+    for i in range(40 * 2):
+        for obs in model.observations(T0 + timedelta(seconds=30 * i)):
+            rows.extend(reading_rows(obs, received_at=now))
+    with engine.begin() as conn:
+        insert_readings(conn, rows)
+    result = evaluator(engine, network).step()
+    faults = [c.alert for c in result.events("raised") if c.alert.rule == "detector-fault"]
+    assert [(a.target_id, a.details["diagnosis"]) for a in faults] == [(station, "stuck")]
+    assert faults[0].details["suppresses_congestion_on"] == SEG
+    assert "stuck" in faults[0].message
+    with engine.connect() as conn:
+        summary = rule_state.load(conn, "_detector-health")["network"]
+    assert summary["faulty"] == 1 and summary["pct_good"] < 100

@@ -264,7 +264,13 @@ class Evaluator:
         since = (now - timedelta(hours=1)) if now is not None else None
         received = self._last_received(conn, since)
         last_any = max(received.values(), default=None)
-        offline = self._offline_stations(conn, now, wall, received, active)
+        # When the data stops, the clock keeps running in wall time from the last receipt: the
+        # last bucket is still evaluated once past its end plus grace, and silent stations are
+        # still found (a dead feed must not be the quietest state of all).
+        clock = now
+        if now is not None and last_any is not None and wall > last_any:
+            clock = max(now, min(now + (wall - last_any), wall))
+        offline = self._offline_stations(conn, clock, wall, received, active)
         stalled = feed_stalled(last_any, wall, self.cfg.feed_stall_s)
 
         # Feed stalled: one critical alert instead of an offline alarm per station.
@@ -276,7 +282,8 @@ class Evaluator:
                 "stall_s": self.cfg.feed_stall_s,
                 "suppressed_offline": suppressed_ids,
             }
-            if (FEED_STALLED, FEED_TARGET) not in active:
+            current = active.get((FEED_STALLED, FEED_TARGET))
+            if current is None or current.details.get("suppressed_offline") != suppressed_ids:
                 result.changes.append(
                     store.raise_or_repeat(
                         conn,
@@ -307,13 +314,8 @@ class Evaluator:
                     if change is not None:
                         result.changes.append(change)
 
-        # Congestion: every complete 5-min bucket since the last one, in order. When the data
-        # stops, the clock keeps running in wall time from the last receipt, so the last bucket
-        # is still evaluated once it is past its end plus grace.
-        if now is not None:
-            clock = now
-            if last_any is not None and wall > last_any:
-                clock = min(max(now, now + (wall - last_any)), max(now, wall))
+        # Congestion: every complete 5-min bucket since the last one, in order.
+        if now is not None and clock is not None:
             self._evaluate_buckets(conn, clock, active, offline, result)
             if result.buckets and not stalled:
                 for sid, (reason, last_seen) in offline.items():

@@ -7,7 +7,7 @@ station's recent intervals (a window of data time, 15 minutes by default) and na
 - ``stuck``        the same non-zero values, lane by lane, for ``stuck_intervals`` intervals in a
                    row (a frozen controller repeating its last message);
 - ``reported-fault`` the controller itself flags most intervals ``degraded`` or ``fault``;
-- ``no-values``    most intervals arrive with every value null;
+- ``no-values``    most intervals arrive with a lane's values null (a failed loop);
 - ``zero-flow-with-occupancy`` no vehicles counted while the loop is occupied;
 - ``chatter``      lane flow above what a lane can carry (a loop counting noise);
 - ``locked-on``    occupancy near 1 most of the time (a loop stuck "on");
@@ -143,12 +143,12 @@ def diagnose(
     if bad_status >= p.share:
         found["reported-fault"] = f"controller flags {bad_status:.0%} of intervals"
 
-    def all_null(s: StationSample) -> bool:
-        return all(ln.count is None and ln.occupancy is None for ln in s.lanes)
+    def null_lane(s: StationSample) -> bool:
+        return any(ln.count is None and ln.occupancy is None for ln in s.lanes)
 
-    null_share = _share(samples, all_null)
+    null_share = _share(samples, null_lane)
     if null_share >= p.share:
-        found["no-values"] = f"every value null in {null_share:.0%} of intervals"
+        found["no-values"] = f"a lane's values null in {null_share:.0%} of intervals"
 
     def locked(s: StationSample) -> bool:
         return any((ln.occupancy or 0) >= p.locked_on_occupancy for ln in s.lanes)
