@@ -10,7 +10,8 @@ station's recent intervals (a window of data time, 15 minutes by default) and na
 - ``no-values``    most intervals arrive with a lane's values null (a failed loop);
 - ``zero-flow-with-occupancy`` no vehicles counted while the loop is occupied;
 - ``chatter``      lane flow above what a lane can carry (a loop counting noise);
-- ``locked-on``    occupancy near 1 most of the time (a loop stuck "on");
+- ``locked-on``    occupancy near 1 in 80% of the window (a loop stuck "on"; a standing queue
+                   covers a loop too, but moves on within minutes);
 - ``mismatch``     flow and occupancy disagree (many vehicles but an empty loop: an implied
                    speed far beyond any car's);
 - ``implausible-speed`` measured speeds no road vehicle drives, or crawling speeds at full flow;
@@ -73,6 +74,7 @@ class HealthParams:
     share: float = 0.5  # a diagnosis must hold in this share of the observed intervals
     max_lane_vph: float = 3000.0  # above lane capacity (~2,200) with margin: chatter
     locked_on_occupancy: float = 0.9
+    locked_on_share: float = 0.8  # a standing queue also covers a loop, but not for 12 of 15 min
     zero_flow_occupancy: float = 0.1
     mismatch_min_vph: float = 600.0
     mismatch_max_implied_kph: float = 250.0
@@ -153,7 +155,7 @@ def diagnose(
     def locked(s: StationSample) -> bool:
         return any((ln.occupancy or 0) >= p.locked_on_occupancy for ln in s.lanes)
 
-    if (sh := _share(samples, locked)) >= p.share:
+    if (sh := _share(samples, locked)) >= p.locked_on_share:
         found["locked-on"] = f"occupancy >= {p.locked_on_occupancy:.0%} in {sh:.0%} of intervals"
 
     def chatter(s: StationSample) -> bool:
