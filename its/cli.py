@@ -781,15 +781,26 @@ def _parse_time(value: str | None, option: str):  # noqa: ANN202 - datetime | No
     return when
 
 
-def _sim_scenario(network, demo: bool, incidents: list[str], faults: list[str]):  # noqa: ANN001, ANN202
+def _sim_scenario(  # noqa: ANN202
+    network,  # noqa: ANN001
+    demo: bool,
+    incidents: list[str],
+    faults: list[str],
+    scenario_file: Path | None = None,
+    truth: Path | None = None,
+):
     """A function of the run start (relative events), checked against the network now so a
-    typo fails before anything connects."""
+    typo fails before anything connects. Called with the real start, it writes the run's
+    ground truth to ``truth`` (JSON lines) when asked."""
     from datetime import UTC, datetime
 
     from sim.scenario import Scenario, ScenarioError, demo_scenario, parse_fault, parse_incident
+    from sim.truth import load_scenario_file, write_truth
 
     def build(start: datetime) -> Scenario:
         scen = demo_scenario(network, start) if demo else Scenario()
+        if scenario_file is not None:
+            scen = scen + load_scenario_file(scenario_file, start, network)
         return scen + Scenario(
             incidents=tuple(parse_incident(s, start, network) for s in incidents),
             faults=tuple(parse_fault(s, start, network) for s in faults),
@@ -798,8 +809,25 @@ def _sim_scenario(network, demo: bool, incidents: list[str], faults: list[str]):
     try:
         build(datetime.now(UTC))
     except ScenarioError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--incident/--fault") from None
-    return build
+        raise typer.BadParameter(str(exc), param_hint="--incident/--fault/--scenario") from None
+
+    def build_and_record(start: datetime) -> Scenario:
+        scen = build(start)
+        if truth is not None:
+            write_truth(truth, scen)
+        return scen
+
+    return build_and_record
+
+
+_SCENARIO_FILE = typer.Option(
+    "--scenario",
+    help="JSON scenario file: incidents and faults, times +DURATION from the start or ISO "
+    "(see docs/simulator.md).",
+)
+_TRUTH = typer.Option(
+    "--truth", help="Write the run's incidents and faults (ground truth) to this file, JSON lines."
+)
 
 
 def _positive(value: float) -> float:
@@ -846,6 +874,8 @@ def sim_run(
             "stuck, zero, chatter, failed; e.g. JKT-SDR-N-003:silent@+5m (repeatable)."
         ),
     ] = None,
+    scenario_file: Annotated[Path | None, _SCENARIO_FILE] = None,
+    truth: Annotated[Path | None, _TRUTH] = None,
 ) -> None:
     """Simulated stations publishing over MQTT, one connection and Last Will each, until Ctrl-C.
 
@@ -859,7 +889,7 @@ def sim_run(
     endpoint = _require_broker(settings)
     begin = _parse_time(start, "--start")
     network = load_network(settings.network_file)
-    scenario = _sim_scenario(network, demo, incident or [], fault or [])
+    scenario = _sim_scenario(network, demo, incident or [], fault or [], scenario_file, truth)
     stop = _stop_on_signals()
     stats = run_live(
         settings,
@@ -893,6 +923,16 @@ def sim_backfill(
         typer.Option(min=1.0, help="Cap in observations/s (when ingest cannot keep up)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (only on a terminal).")] = True,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(help="SEGMENT_ID@+START/DURATION from the history's start (repeatable)."),
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(help="STATION_ID:KIND@+START/DURATION from the history's start (repeatable)."),
+    ] = None,
+    scenario_file: Annotated[Path | None, _SCENARIO_FILE] = None,
+    truth: Annotated[Path | None, _TRUTH] = None,
 ) -> None:
     """Publish the last N hours of every station as fast as the broker takes it.
 
@@ -905,15 +945,18 @@ def sim_backfill(
     settings = _settings()
     endpoint = _require_broker(settings)
     until = _parse_time(end, "--end")
+    network = load_network(settings.network_file)
+    scenario = _sim_scenario(network, False, incident or [], fault or [], scenario_file, truth)
     stats = backfill(
         settings,
         endpoint,
         hours,
         end=until,
         seed=seed,
+        scenario=scenario,
         period_s=period,
         progress=progress,
-        network=load_network(settings.network_file),
+        network=network,
         max_rate=max_rate,
     )
     typer.echo(

@@ -34,6 +34,7 @@ from tests.conftest import wait_for
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)  # 08:00 in Jakarta; a bucket boundary
 SEG = "SDR-N-01"  # free flow 60 km/h, stations JKT-SDR-N-001 and -002
 OTHER = "SDR-N-02"  # stations JKT-SDR-N-003 and -004
+FIVE_MIN = timedelta(minutes=5)
 
 
 def feed(
@@ -44,8 +45,10 @@ def feed(
     minutes: float,
     ratio: float,
     period_s: int = 30,
+    received_at: datetime | None = None,
 ) -> None:
-    """Write ``minutes`` of readings for every station of a segment at speed ratio x free flow."""
+    """Write ``minutes`` of readings for every station of a segment at speed ratio x free flow,
+    received (wall time) at ``received_at``, or now."""
     seg = network.segment(segment_id)
     speed = ratio * seg.free_flow_kph
     rows = []
@@ -57,11 +60,12 @@ def feed(
                 interval_start=start + timedelta(seconds=i * period_s),
                 period_s=period_s,
                 lanes=[
-                    LaneReading(lane=n, count=10, occupancy=0.1, speed_kph=speed)
+                    # counts vary a little, as real ones do: identical values are a stuck loop
+                    LaneReading(lane=n, count=9 + i % 3, occupancy=0.1, speed_kph=speed)
                     for n in range(1, st.lanes + 1)
                 ],
             )
-            rows.extend(reading_rows(obs, received_at=datetime.now(UTC)))
+            rows.extend(reading_rows(obs, received_at=received_at or datetime.now(UTC)))
     with engine.begin() as conn:
         insert_readings(conn, rows)
 
@@ -155,7 +159,9 @@ def test_offline_station_state_raises_and_online_clears(engine: Engine, network:
 
 def test_a_silent_station_is_offline_until_data_flows(engine: Engine, network: Network) -> None:
     feed(engine, network, SEG, T0, 10, ratio=0.9)
-    feed(engine, network, OTHER, T0, 5, ratio=0.9)  # OTHER's stations stop after 5 minutes
+    # OTHER's stations stopped after 5 minutes of data, and the server last heard of them
+    # 5 minutes ago (wall time): silent on both clocks
+    feed(engine, network, OTHER, T0, 5, ratio=0.9, received_at=datetime.now(UTC) - FIVE_MIN)
     ev = evaluator(engine, network)
     raised = ev.step().events("raised")
     assert sorted(c.alert.target_id for c in raised) == ["JKT-SDR-N-003", "JKT-SDR-N-004"]
@@ -168,7 +174,8 @@ def test_a_silent_station_is_offline_until_data_flows(engine: Engine, network: N
 
 
 def test_all_stations_offline_suppresses_congestion(engine: Engine, network: Network) -> None:
-    feed(engine, network, SEG, T0, 20, ratio=0.3)
+    # SEG's stations go offline (Last Will) before they ever report: no data is not congestion
+    feed(engine, network, OTHER, T0, 20, ratio=0.9)
     with engine.begin() as conn:
         for st in network.stations_of(SEG):
             upsert_station_status(conn, st.station_id, "offline", None, datetime.now(UTC))
@@ -181,10 +188,23 @@ def test_all_stations_offline_suppresses_congestion(engine: Engine, network: Net
     with engine.begin() as conn:
         upsert_station_status(conn, "JKT-SDR-N-001", "online", None, datetime.now(UTC))
     feed(engine, network, SEG, T0 + timedelta(minutes=20), 5, ratio=0.3)
+    feed(engine, network, OTHER, T0 + timedelta(minutes=20), 5, ratio=0.9)
     assert ev.step().events("raised") == []
-    feed(engine, network, SEG, T0 + timedelta(minutes=25), 10, ratio=0.3)
-    result = ev.step()
+    feed(engine, network, SEG, T0 + timedelta(minutes=25), 15, ratio=0.3)
+    result = ev.step()  # buckets 01:20, 01:25 and 01:30 bad: 3 of 4
     assert [c.alert.target_id for c in result.events("raised")] == [SEG]
+
+
+def test_catch_up_suppresses_by_the_state_at_that_time(engine: Engine, network: Network) -> None:
+    """Stations offline now were reporting congestion back then: a catch-up still raises it."""
+    feed(engine, network, SEG, T0, 20, ratio=0.3)
+    with engine.begin() as conn:
+        for st in network.stations_of(SEG):
+            upsert_station_status(conn, st.station_id, "offline", None, datetime.now(UTC))
+    result = evaluator(engine, network).step()
+    raised = {(c.alert.rule, c.alert.target_id) for c in result.events("raised")}
+    assert ("congestion", SEG) in raised
+    assert {r for r, _ in raised} == {"congestion", "station-offline"}
 
 
 def test_restart_resumes_exactly_without_duplicates(engine: Engine, network: Network) -> None:
@@ -426,7 +446,7 @@ def test_a_station_silent_beyond_the_look_back_stays_offline(
     engine: Engine, network: Network
 ) -> None:
     feed(engine, network, SEG, T0, 10, ratio=0.9)
-    feed(engine, network, OTHER, T0, 5, ratio=0.9)
+    feed(engine, network, OTHER, T0, 5, ratio=0.9, received_at=datetime.now(UTC) - FIVE_MIN)
     ev = evaluator(engine, network)
     raised = ev.step().events("raised")
     assert len(raised) == 2
@@ -438,3 +458,74 @@ def test_a_station_silent_beyond_the_look_back_stays_offline(
     assert sorted(a.target_id for a in active) == ["JKT-SDR-N-003", "JKT-SDR-N-004"]
     assert {a.details["last_seen"] for a in active} == {"2026-11-22T01:05:00Z"}
     assert all(a.count > 1 for a in active)
+
+
+def test_a_dead_feed_raises_one_feed_stalled_alert_not_a_flood(
+    engine: Engine, network: Network
+) -> None:
+    """Every sensor stops: one critical feed-stalled alert within the setting, offline alarms
+    suppressed (and named), the last bucket evaluated by wall time, cleared when data flows."""
+    cfg = AlertSettings(_env_file=None, feed_stall_s=60)
+    wall = [datetime.now(UTC)]
+    ev = Evaluator(engine, network, alert_settings=cfg, wall_clock=lambda: wall[0])
+    _open.append(ev)
+    received = wall[0]
+    feed(engine, network, SEG, T0, 10, ratio=0.9, received_at=received)
+    feed(engine, network, OTHER, T0, 10, ratio=0.9, received_at=received)
+    assert ev.step().evaluated_until == T0 + timedelta(minutes=5)  # 01:05 awaits its grace
+
+    wall[0] = received + timedelta(seconds=59)
+    assert ev.step().changes == []  # not yet: the data clock alone would call them all silent
+    wall[0] = received + timedelta(seconds=61)
+    result = ev.step()
+    assert [(c.alert.rule, c.alert.severity) for c in result.events("raised")] == [
+        ("feed-stalled", "critical")
+    ]
+    stalled = result.events("raised")[0].alert
+    assert stalled.target_kind == "feed"
+    wall[0] = received + timedelta(minutes=10)
+    result = ev.step()
+    assert result.events("raised") == []  # still one alert, no offline flood
+    # the data clock stopped at 01:10, but the wall clock ran on: the buckets up to and past
+    # the last data are evaluated (01:05 and 01:10), without any later data arriving
+    assert result.evaluated_until == T0 + timedelta(minutes=15)
+    with engine.connect() as conn:
+        (now_stalled,) = store.active_alerts(conn).values()
+    assert now_stalled.id == stalled.id
+    assert len(now_stalled.details["suppressed_offline"]) == 4  # the stations that stopped
+
+    feed(engine, network, SEG, T0 + timedelta(minutes=10), 5, ratio=0.9, received_at=wall[0])
+    result = ev.step()
+    assert [c.alert.rule for c in result.events("cleared")] == ["feed-stalled"]
+    # SEG flows again; OTHER's stations are now silent on both clocks, one alarm each
+    assert sorted(c.alert.target_id for c in result.events("raised")) == [
+        "JKT-SDR-N-003",
+        "JKT-SDR-N-004",
+    ]
+
+
+def test_a_simulated_stuck_detector_raises_detector_fault_and_suppresses_congestion(
+    engine: Engine, network: Network
+) -> None:
+    """The simulator's own fault model: one stuck detector among a busy morning's healthy ones."""
+    from sim.model import TrafficModel
+    from sim.scenario import Scenario, SensorFault
+
+    station = "JKT-SDR-N-001"
+    scenario = Scenario(faults=(SensorFault(station, "stuck", T0 + timedelta(minutes=5)),))
+    model = TrafficModel(network, seed=7, scenario=scenario)
+    rows = []
+    now = datetime.now(UTC)
+    for i in range(40 * 2):
+        for obs in model.observations(T0 + timedelta(seconds=30 * i)):
+            rows.extend(reading_rows(obs, received_at=now))
+    with engine.begin() as conn:
+        insert_readings(conn, rows)
+    result = evaluator(engine, network).step()
+    faults = [c.alert for c in result.events("raised") if c.alert.rule == "detector-fault"]
+    assert [(a.target_id, a.details["diagnosis"]) for a in faults] == [(station, "stuck")]
+    assert faults[0].details["suppresses_congestion_on"] == SEG
+    assert "stuck" in faults[0].message
+    with engine.connect() as conn:
+        summary = rule_state.load(conn, "_detector-health")["network"]
+    assert summary["faulty"] == 1 and summary["pct_good"] < 100

@@ -3,6 +3,7 @@ into the store through ingest, and the CLI's option checks."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -290,3 +291,69 @@ def test_cli_sim_needs_a_broker(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
         get_settings.cache_clear()
     assert result.exit_code == 2
     assert "ITS_MQTT_URL is not set" in _flat(result.output)
+
+
+def test_cli_backfill_takes_a_scenario_file_and_writes_the_truth(cli_env: None, tmp_path) -> None:
+    from its.cli import app
+
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "incidents": [{"segment": "SDR-N-02", "start": "+1m", "duration": "4m"}],
+                "faults": [{"station": "JKT-SDR-N-003", "kind": "stuck", "start": "+2m"}],
+            }
+        )
+    )
+    truth = tmp_path / "truth.jsonl"
+    args = ["sim", "backfill", "--hours", "0.1", "--end", "2026-11-22T02:00:00Z"]
+    args += ["--scenario", str(scenario), "--fault", "JKT-SDR-N-001:zero@+3m/1m"]
+    args += ["--truth", str(truth), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in truth.read_text().splitlines()]
+    assert lines == [
+        {
+            "type": "incident",
+            "segment": "SDR-N-02",
+            "start": "2026-11-22T01:55:00Z",
+            "end": "2026-11-22T01:59:00Z",
+            "severity": 0.55,
+            "lanes_closed": None,
+        },
+        {
+            "type": "fault",
+            "station": "JKT-SDR-N-003",
+            "kind": "stuck",
+            "start": "2026-11-22T01:56:00Z",
+            "end": None,
+        },
+        {
+            "type": "fault",
+            "station": "JKT-SDR-N-001",
+            "kind": "zero",
+            "start": "2026-11-22T01:57:00Z",
+            "end": "2026-11-22T01:58:00Z",
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "cannot read scenario file"),
+        ('{"incidents": [{"segment": "SDR-N-02", "start": "+1m"}]}', "needs an end or a duration"),
+        ('{"faults": [{"station": "NOPE", "kind": "stuck"}]}', "unknown station 'NOPE'"),
+        ('{"faults": [{"station": "JKT-SDR-N-001", "kind": "melted"}]}', "bad fault 1"),
+    ],
+)
+def test_cli_rejects_a_bad_scenario_file(
+    cli_env: None, tmp_path, content: str, message: str
+) -> None:
+    from its.cli import app
+
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(content)
+    result = CliRunner().invoke(app, ["sim", "run", "--scenario", str(scenario)])
+    assert result.exit_code == 2, result.output
+    assert message in _flat(result.output), result.output

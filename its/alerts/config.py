@@ -41,6 +41,18 @@ class AlertSettings(BaseSettings):
     backfill_s: int = Field(
         3600, ge=0, le=7 * 86400, description="On a fresh start, evaluate this much history."
     )
+    feed_stall_s: float = Field(
+        120,
+        ge=1,
+        le=86400,
+        description="Raise feed-stalled when nothing at all arrives for this long (wall time).",
+    )
+    detector_window_s: int = Field(
+        900,
+        ge=300,
+        le=3600,
+        description="Detector diagnostics look at this much data time per station.",
+    )
     max_buckets_per_step: int = Field(
         24, ge=1, le=10_000, description="Catch-up work per transaction after a long pause."
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import threading
 import time
 from collections import defaultdict
@@ -37,13 +38,29 @@ from sqlalchemy.engine import Connection, Engine
 from its.alerts import state as rule_state
 from its.alerts import store
 from its.alerts.config import AlertSettings
+from its.alerts.health import (
+    DETECTOR_FAULT,
+    DetectorState,
+    Diagnosis,
+    HealthParams,
+    LaneSample,
+    StationSample,
+    detector_message,
+    detector_step,
+    diagnose,
+    pct_good,
+)
 from its.alerts.rules import (
     CONGESTION,
+    FEED_STALLED,
+    FEED_TARGET,
     STATION_OFFLINE,
     CongestionState,
     StationView,
     congestion_message,
     congestion_step,
+    feed_stalled,
+    feed_stalled_message,
     fully_offline_segments,
     offline_message,
     offline_reason,
@@ -62,6 +79,7 @@ BUCKET_S = 300
 # databases and separate deployments on one server never contend.
 LOCK_KEY = int.from_bytes(b"ITSALRT", "big")
 PUBLISHED_EVENTS = ("raised", "severity", "cleared")
+HEALTH_SUMMARY_RULE = "_detector-health"  # rule_state row with the network's % good detectors
 
 Publisher = Callable[[str, bytes], None]
 
@@ -124,11 +142,14 @@ class Evaluator:
         alert_settings: AlertSettings | None = None,
         publish: Publisher | None = None,
         topic_prefix: str = "its/v1",
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.engine = engine
+        self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
         self.network = network
         self.cfg = alert_settings or AlertSettings(_env_file=None)
         self.params = self.cfg.congestion()
+        self.health = HealthParams(window_s=self.cfg.detector_window_s)
         self.publish = publish
         self.topic_prefix = topic_prefix
         self.stats = EvaluatorStats()
@@ -239,36 +260,98 @@ class Evaluator:
             log.warning("could not publish alert %d: %s", a.id, exc)
 
     def _evaluate(self, conn: Connection) -> StepResult:
-        now = data_clock(conn)
-        at = now or datetime.now(UTC)
+        wall = self.wall_clock()
+        now = data_clock(conn, now=wall)
+        at = now or wall
         result = StepResult(leading=True, data_time=now)
         active = store.active_alerts(conn)
-        offline = self._offline_stations(conn, now, active)
-        suppressed = fully_offline_segments(self._stations_by_segment, set(offline))
+        since = (now - timedelta(hours=1)) if now is not None else None
+        received = self._last_received(conn, since)
+        last_any = max(received.values(), default=None)
+        # When the data stops, the clock keeps running in wall time from the last receipt: the
+        # last bucket is still evaluated once past its end plus grace, and silent stations are
+        # still found (a dead feed must not be the quietest state of all).
+        clock = now
+        if now is not None and last_any is not None and wall > last_any:
+            clock = max(now, min(now + (wall - last_any), wall))
+        offline = self._offline_stations(conn, clock, wall, received, active)
+        stalled = feed_stalled(last_any, wall, self.cfg.feed_stall_s)
+
+        # Feed stalled: one critical alert instead of an offline alarm per station.
+        if stalled:
+            assert last_any is not None
+            suppressed_ids = sorted(sid for sid in offline if (STATION_OFFLINE, sid) not in active)
+            details = {
+                "last_received": iso(last_any),
+                "stall_s": self.cfg.feed_stall_s,
+                "suppressed_offline": suppressed_ids,
+            }
+            current = active.get((FEED_STALLED, FEED_TARGET))
+            if current is None or current.details.get("suppressed_offline") != suppressed_ids:
+                result.changes.append(
+                    store.raise_or_repeat(
+                        conn,
+                        FEED_STALLED,
+                        FEED_TARGET,
+                        "critical",
+                        feed_stalled_message(last_any, wall, len(suppressed_ids)),
+                        details,
+                        at,
+                        target_kind="feed",
+                    )
+                )
+        elif (FEED_STALLED, FEED_TARGET) in active:
+            change = store.clear(conn, FEED_STALLED, FEED_TARGET, at, {"reason": "data flows"})
+            if change is not None:
+                result.changes.append(change)
 
         # Station offline: checked every step (seconds matter), raised and cleared at data time.
-        for sid, (reason, last_seen) in sorted(offline.items()):
-            if (STATION_OFFLINE, sid) not in active:
-                result.changes.append(_raise_offline(conn, sid, reason, last_seen, at))
-        for (rule, sid), _alert in sorted(active.items()):
-            if rule == STATION_OFFLINE and sid not in offline:
-                change = store.clear(conn, STATION_OFFLINE, sid, at, {"reason": "data flows"})
-                if change is not None:
-                    result.changes.append(change)
+        # While the feed is stalled no new offline alarm is raised and none is cleared: the
+        # stall is the root cause, and its alert lists the stations it suppresses.
+        if not stalled:
+            for sid, (reason, last_seen) in sorted(offline.items()):
+                if (STATION_OFFLINE, sid) not in active:
+                    result.changes.append(_raise_offline(conn, sid, reason, last_seen, at))
+            for (rule, sid), _alert in sorted(active.items()):
+                if rule == STATION_OFFLINE and sid not in offline:
+                    change = store.clear(conn, STATION_OFFLINE, sid, at, {"reason": "data flows"})
+                    if change is not None:
+                        result.changes.append(change)
 
         # Congestion: every complete 5-min bucket since the last one, in order.
-        if now is not None:
-            self._evaluate_buckets(conn, now, active, suppressed, result)
-            if result.buckets:
+        if now is not None and clock is not None:
+            self._evaluate_buckets(conn, clock, active, offline, result)
+            if result.buckets and not stalled:
                 for sid, (reason, last_seen) in offline.items():
                     if (STATION_OFFLINE, sid) in active:
                         _raise_offline(conn, sid, reason, last_seen, at)
         return result
 
+    def _last_received(self, conn: Connection, since: datetime | None) -> dict[str, datetime]:
+        """Station id -> wall time the server last received anything from it: a reading (in
+        the look-back window of data time, an index range) or a state message."""
+        r, s = schema.readings, schema.station_status
+        out: dict[str, datetime] = {}
+        if since is not None:
+            q = (
+                select(r.c.station_id, func.max(r.c.received_at))
+                .where(r.c.interval_start >= since)
+                .group_by(r.c.station_id)
+            )
+            for sid, at in conn.execute(q):
+                if at is not None:
+                    out[sid] = r.c.received_at.type.process_result_value(at, conn.dialect)
+        for sid, at in conn.execute(select(s.c.station_id, s.c.updated_at)):
+            if at is not None and (sid not in out or at > out[sid]):
+                out[sid] = at
+        return out
+
     def _offline_stations(
         self,
         conn: Connection,
         now: datetime | None,
+        wall: datetime,
+        received: dict[str, datetime],
         active: dict[tuple[str, str], store.AlertRecord],
     ) -> dict[str, tuple[str, datetime | None]]:
         """Station id -> (reason, last seen) for every station judged offline now."""
@@ -280,12 +363,13 @@ class Evaluator:
         for st in self.network.stations:
             sid = st.station_id
             state = states.get(sid, (None, None))[0]
-            view = StationView(sid, state, last_seen.get(sid), periods.get(sid))
+            view = StationView(sid, state, last_seen.get(sid), periods.get(sid), received.get(sid))
             reason = offline_reason(
                 view,
                 now,
                 periods=self.cfg.offline_periods,
                 default_period_s=self.cfg.default_period_s,
+                wall=wall,
             )
             alert = active.get((STATION_OFFLINE, sid))
             if (
@@ -315,7 +399,7 @@ class Evaluator:
         conn: Connection,
         now: datetime,
         active: dict[tuple[str, str], Any],
-        suppressed: set[str],
+        offline: dict[str, tuple[str, datetime | None]],
         result: StepResult,
     ) -> None:
         progress = rule_state.load_progress(conn)
@@ -344,6 +428,16 @@ class Evaluator:
             (si.segment_id, si.bucket_start): si
             for si in segment_buckets(conn, self.network, start, end, BUCKET_S)
         }
+        samples = self._station_samples(conn, start - timedelta(seconds=self.health.window_s), end)
+        stored_health = rule_state.load(conn, DETECTOR_FAULT)
+        health: dict[str, DetectorState] = {}
+        for st in self.network.stations:
+            h = DetectorState.from_json(stored_health.get(st.station_id))
+            is_active = (DETECTOR_FAULT, st.station_id) in active
+            if h.active != is_active:
+                h = DetectorState(is_active, h.kind if is_active else None, 0)
+            health[st.station_id] = h
+        summary: dict[str, Any] | None = None
         stored = rule_state.load(conn, CONGESTION)
         states: dict[str, CongestionState] = {}
         for seg in self.network.segments:
@@ -356,6 +450,18 @@ class Evaluator:
         bucket = start
         while bucket < end:
             bucket_end = bucket + timedelta(seconds=BUCKET_S)
+            # Suppression uses each station's state at the bucket's time, not now: a station
+            # offline now but reporting back then does not blank its past buckets in a catch-up.
+            offline_then = {
+                sid for sid, (_r, seen) in offline.items() if seen is None or seen < bucket_end
+            }
+            suppressed = fully_offline_segments(self._stations_by_segment, offline_then)
+            summary = self._evaluate_health(conn, bucket_end, samples, health, result)
+            # A station diagnosed faulty suppresses the congestion its data would cause: its
+            # segment's buckets count as no data (neither raise nor clear) while the fault lasts.
+            suppressed |= {
+                st.segment_id for st in self.network.stations if health[st.station_id].active
+            }
             for seg in self.network.segments:
                 sid = seg.segment_id
                 si = rows.get((sid, bucket))
@@ -391,8 +497,129 @@ class Evaluator:
         for sid, s in states.items():
             if s.to_json() != stored.get(sid):
                 rule_state.save(conn, CONGESTION, sid, s.to_json(), now)
+        for sid, h in health.items():
+            if h.to_json() != stored_health.get(sid):
+                rule_state.save(conn, DETECTOR_FAULT, sid, h.to_json(), now)
+        if summary is not None:
+            rule_state.save(conn, HEALTH_SUMMARY_RULE, "network", summary, now)
         rule_state.save_progress(conn, end, now)
         result.evaluated_until = end
+
+    def _station_samples(
+        self, conn: Connection, start: datetime, end: datetime
+    ) -> dict[str, list[tuple[datetime, StationSample]]]:
+        """Each station's intervals in [start, end), in time order, for the diagnostics."""
+        r = schema.readings
+        q = (
+            select(
+                r.c.station_id,
+                r.c.interval_start,
+                r.c.period_s,
+                r.c.lane,
+                r.c.count,
+                r.c.occupancy,
+                r.c.speed_kph,
+                r.c.status,
+            )
+            .where(r.c.interval_start >= start, r.c.interval_start < end)
+            .order_by(r.c.station_id, r.c.interval_start, r.c.lane)
+        )
+        grouped: dict[tuple[str, datetime], tuple[int, list[LaneSample], list[str]]] = {}
+        for row in conn.execute(q):
+            key = (row.station_id, row.interval_start)
+            period, lanes, statuses = grouped.setdefault(key, (row.period_s, [], []))
+            lanes.append(LaneSample(row.count, row.occupancy, row.speed_kph))
+            statuses.append(row.status or "ok")
+        out: dict[str, list[tuple[datetime, StationSample]]] = defaultdict(list)
+        for (sid, ts), (period, lanes, statuses) in grouped.items():
+            status = next((x for x in statuses if x != "ok"), "ok")
+            out[sid].append((ts, StationSample(int(period), tuple(lanes), status)))
+        for rows in out.values():
+            rows.sort(key=lambda item: item[0])
+        return out
+
+    def _evaluate_health(
+        self,
+        conn: Connection,
+        bucket_end: datetime,
+        samples: dict[str, list[tuple[datetime, StationSample]]],
+        health: dict[str, DetectorState],
+        result: StepResult,
+    ) -> dict[str, Any]:
+        """Diagnose every reporting station over the window ending at ``bucket_end``; raise,
+        repeat or clear its detector-fault alert. Returns the network's % good detectors."""
+        window_start = bucket_end - timedelta(seconds=self.health.window_s)
+        windows = {
+            sid: [smp for ts, smp in rows if window_start <= ts < bucket_end]
+            for sid, rows in samples.items()
+        }
+        lane_flows = [
+            statistics.fmean(
+                ln.count * 3600.0 / smp.period_s
+                for smp in win
+                for ln in smp.lanes
+                if ln.count is not None
+            )
+            for win in windows.values()
+            if any(ln.count is not None for smp in win for ln in smp.lanes)
+        ]
+        network_vph = statistics.median(lane_flows) if lane_flows else None
+        faulty = reporting = 0
+        for st in self.network.stations:
+            sid = st.station_id
+            win = windows.get(sid) or []
+            if not win:
+                continue  # no data: the offline rule's business; neither raises nor clears
+            reporting += 1
+            # Expected intervals between its first and last report in the window: a station
+            # that started, stopped or came back within it is new or silent (the offline
+            # rule), not intermittent; too short a span is not judged.
+            stamps = [ts for ts, _smp in samples[sid] if window_start <= ts < bucket_end]
+            first, last = stamps[0], stamps[-1]
+            span_s = (last - first).total_seconds() + win[-1].period_s
+            expected = (
+                int(span_s // win[-1].period_s) if span_s >= self.health.window_s / 2 else None
+            )
+            found: list[Diagnosis] = diagnose(
+                win, expected_intervals=expected, network_lane_vph=network_vph, params=self.health
+            )
+            new, action = detector_step(health[sid], found)
+            health[sid] = new
+            if new.active:
+                faulty += 1
+            if action in ("raise", "repeat"):
+                details = {
+                    "diagnosis": found[0].kind,
+                    "evidence": found[0].evidence,
+                    "all": {d.kind: d.evidence for d in found},
+                    "window_end": iso(bucket_end),
+                    "window_s": self.health.window_s,
+                    "suppresses_congestion_on": st.segment_id,
+                }
+                result.changes.append(
+                    store.raise_or_repeat(
+                        conn,
+                        DETECTOR_FAULT,
+                        sid,
+                        "major",
+                        detector_message(sid, found),
+                        details,
+                        bucket_end,
+                        target_kind="station",
+                    )
+                )
+            elif action == "clear":
+                change = store.clear(
+                    conn, DETECTOR_FAULT, sid, bucket_end, {"reason": "diagnostics clean"}
+                )
+                if change is not None:
+                    result.changes.append(change)
+        return {
+            "at": iso(bucket_end),
+            "reporting": reporting,
+            "faulty": faulty,
+            "pct_good": pct_good(faulty, reporting),
+        }
 
 
 def _raise_offline(

@@ -30,6 +30,8 @@ from its.metrics import classify_band
 
 CONGESTION = "congestion"
 STATION_OFFLINE = "station-offline"
+FEED_STALLED = "feed-stalled"
+FEED_TARGET = "feed"
 
 BAD, MID, GOOD, NONE = "bad", "mid", "good", "none"
 OUTCOMES = (BAD, MID, GOOD, NONE)
@@ -189,24 +191,53 @@ class StationView:
     state: str | None = None  # online | offline from station_status, None if never reported
     last_seen: datetime | None = None  # end of its newest interval (data time)
     period_s: int | None = None  # reporting period of its newest reading
+    last_received: datetime | None = None  # wall time the server last heard from it (any message)
 
 
 def offline_reason(
-    view: StationView, now: datetime | None, *, periods: int = 3, default_period_s: int = 30
+    view: StationView,
+    now: datetime | None,
+    *,
+    periods: int = 3,
+    default_period_s: int = 30,
+    wall: datetime | None = None,
 ) -> str | None:
     """``"last-will"``, ``"silent"`` or None (online, or no data to judge by).
 
     A station never heard from is "no data", not offline: the network file may list stations
     that are not installed yet, and an empty database must not raise ninety alerts.
+
+    Silent needs both clocks to agree: ``periods`` of its data time missing *and*, when ``wall``
+    is given, nothing received from it (data or state message) for as many periods of wall
+    time. At a 240x replay a reading a few hundred ms late is several periods of data time but
+    a fraction of one period of wall time, so it is not an outage.
     """
     if view.state == "offline":
         return "last-will"
     if view.last_seen is None or now is None:
         return None
-    period = view.period_s or default_period_s
-    if now - view.last_seen >= timedelta(seconds=periods * period):
-        return "silent"
-    return None
+    period = timedelta(seconds=periods * (view.period_s or default_period_s))
+    if now - view.last_seen < period:
+        return None
+    if wall is not None and view.last_received is not None and wall - view.last_received < period:
+        return None
+    return "silent"
+
+
+def feed_stalled(last_received: datetime | None, wall: datetime, stall_s: float) -> bool:
+    """True when the platform has heard nothing at all for ``stall_s`` seconds of wall time.
+
+    A database that never received anything is "no data" (a fresh install), not a stalled feed.
+    """
+    return last_received is not None and (wall - last_received).total_seconds() >= stall_s
+
+
+def feed_stalled_message(last_received: datetime, wall: datetime, suppressed: int) -> str:
+    minutes = (wall - last_received).total_seconds() / 60
+    text = f"No data received from any station for {minutes:.1f} min: the feed has stalled"
+    if suppressed:
+        text += f" ({suppressed} station-offline alarms suppressed)"
+    return text
 
 
 def offline_message(station_id: str, reason: str, last_seen: datetime | None) -> str:

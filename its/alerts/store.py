@@ -25,7 +25,7 @@ from its.db import schema
 from its.errors import ConflictError, NotFoundError, QueryError
 
 SEVERITIES = ("critical", "major", "minor", "warning", "info")
-TARGET_KINDS = ("segment", "station")
+TARGET_KINDS = ("segment", "station", "feed")  # feed: the whole data feed (feed-stalled)
 STATES = ("active", "cleared", "unacknowledged", "all")
 MAX_LIMIT = 1000
 

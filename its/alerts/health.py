@@ -1,0 +1,286 @@
+"""Detector health diagnostics as pure functions: no database, no clock, no MQTT.
+
+After the PeMS and IRIS diagnostics: a loop detector that reports *something* may still be lying,
+and a lying detector raises false congestion (or hides real congestion). Each rule looks at one
+station's recent intervals (a window of data time, 15 minutes by default) and names what is wrong:
+
+- ``stuck``        the same non-zero values, lane by lane, for ``stuck_intervals`` intervals in a
+                   row (a frozen controller repeating its last message);
+- ``reported-fault`` the controller itself flags most intervals ``degraded`` or ``fault``;
+- ``no-values``    most intervals arrive with a lane's values null (a failed loop);
+- ``zero-flow-with-occupancy`` no vehicles counted while the loop is occupied;
+- ``chatter``      lane flow above what a lane can carry (a loop counting noise);
+- ``locked-on``    occupancy near 1 in 80% of the window (a loop stuck "on"; a standing queue
+                   covers a loop too, but moves on within minutes);
+- ``mismatch``     flow and occupancy disagree (many vehicles but an empty loop: an implied
+                   speed far beyond any car's);
+- ``implausible-speed`` measured speeds no road vehicle drives, or crawling speeds at full flow;
+- ``no-flow``      counts and occupancy zero all window while the network is busy (a dead loop
+                   that still sends zeros);
+- ``intermittent`` fewer than ``min_pct_observed`` of the expected intervals arrived.
+
+Persistence lives in the window itself (a diagnosis needs a share of the window, or a run of
+intervals), so one odd interval is never a fault. :func:`detector_step` is the alert's state
+machine: raise on a diagnosis, clear after ``clear_k`` consecutive clean evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+DETECTOR_FAULT = "detector-fault"
+
+# Worst (most certain, most misleading) first: the alert names the first that holds.
+KINDS = (
+    "stuck",
+    "reported-fault",
+    "no-values",
+    "locked-on",
+    "chatter",
+    "zero-flow-with-occupancy",
+    "mismatch",
+    "implausible-speed",
+    "no-flow",
+    "intermittent",
+)
+
+
+@dataclass(frozen=True)
+class LaneSample:
+    """One lane in one interval, as stored (None where the detector sent null)."""
+
+    count: int | None
+    occupancy: float | None
+    speed_kph: float | None
+
+
+@dataclass(frozen=True)
+class StationSample:
+    """One interval of one station: its lanes and the controller's status."""
+
+    period_s: int
+    lanes: tuple[LaneSample, ...]
+    status: str = "ok"
+
+
+@dataclass(frozen=True)
+class HealthParams:
+    """Thresholds of the diagnostics (per lane flows in veh/h)."""
+
+    window_s: int = 900
+    stuck_intervals: int = 10
+    share: float = 0.5  # a diagnosis must hold in this share of the observed intervals
+    max_lane_vph: float = 3000.0  # above lane capacity (~2,200) with margin: chatter
+    locked_on_occupancy: float = 0.9
+    locked_on_share: float = 0.8  # a standing queue also covers a loop, but not for 12 of 15 min
+    zero_flow_occupancy: float = 0.1
+    mismatch_min_vph: float = 600.0
+    mismatch_max_implied_kph: float = 250.0
+    vehicle_length_m: float = 6.7
+    max_speed_kph: float = 200.0
+    crawl_kph: float = 5.0
+    crawl_min_vph: float = 1200.0
+    no_flow_network_vph: float = 300.0
+    min_pct_observed: float = 50.0
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    kind: str
+    evidence: str
+
+
+def _lane_vph(lane: LaneSample, period_s: int) -> float | None:
+    return None if lane.count is None else lane.count * 3600.0 / period_s
+
+
+def _share(samples: Sequence[StationSample], test: Any) -> float:  # noqa: ANN401
+    """Share of the intervals for which ``test(sample)`` holds."""
+    if not samples:
+        return 0.0
+    return sum(1 for s in samples if test(s)) / len(samples)
+
+
+def _stuck_run(samples: Sequence[StationSample]) -> int:
+    """Longest run of consecutive intervals repeating identical, not all-zero, lane values."""
+    best = run = 0
+    prev: tuple[LaneSample, ...] | None = None
+    for s in samples:
+        nonzero = any((ln.count or 0) > 0 or (ln.occupancy or 0) > 0 for ln in s.lanes)
+        if nonzero and s.lanes == prev:
+            run += 1
+        else:
+            run = 1 if nonzero else 0
+        prev = s.lanes
+        best = max(best, run)
+    return best
+
+
+def diagnose(
+    samples: Sequence[StationSample],
+    *,
+    expected_intervals: int | None = None,
+    network_lane_vph: float | None = None,
+    params: HealthParams = HealthParams(),  # noqa: B008 - frozen, so a safe default
+) -> list[Diagnosis]:
+    """Every diagnosis that holds for one station's window, worst first; [] when healthy.
+
+    ``samples`` are the station's intervals in time order; ``expected_intervals`` how many the
+    window should hold (for ``intermittent``); ``network_lane_vph`` the network's typical lane
+    flow over the same window (for ``no-flow``: zeros at night are normal). No samples at all is
+    "no data" (the offline rule's business), not a detector fault.
+    """
+    if not samples:
+        return []
+    found: dict[str, str] = {}
+    p = params
+
+    run = _stuck_run(samples)
+    if run >= p.stuck_intervals:
+        found["stuck"] = f"identical non-zero values for {run} intervals in a row"
+
+    bad_status = _share(samples, lambda s: s.status != "ok")
+    if bad_status >= p.share:
+        found["reported-fault"] = f"controller flags {bad_status:.0%} of intervals"
+
+    def null_lane(s: StationSample) -> bool:
+        return any(ln.count is None and ln.occupancy is None for ln in s.lanes)
+
+    null_share = _share(samples, null_lane)
+    if null_share >= p.share:
+        found["no-values"] = f"a lane's values null in {null_share:.0%} of intervals"
+
+    def locked(s: StationSample) -> bool:
+        return any((ln.occupancy or 0) >= p.locked_on_occupancy for ln in s.lanes)
+
+    if (sh := _share(samples, locked)) >= p.locked_on_share:
+        found["locked-on"] = f"occupancy >= {p.locked_on_occupancy:.0%} in {sh:.0%} of intervals"
+
+    def chatter(s: StationSample) -> bool:
+        return any((_lane_vph(ln, s.period_s) or 0) > p.max_lane_vph for ln in s.lanes)
+
+    if (sh := _share(samples, chatter)) >= p.share:
+        found["chatter"] = (
+            f"lane flow above {p.max_lane_vph:.0f} veh/h (more than a lane carries) "
+            f"in {sh:.0%} of intervals"
+        )
+
+    def zero_occ(s: StationSample) -> bool:
+        return any(ln.count == 0 and (ln.occupancy or 0) >= p.zero_flow_occupancy for ln in s.lanes)
+
+    if (sh := _share(samples, zero_occ)) >= p.share:
+        found["zero-flow-with-occupancy"] = (
+            f"no vehicles counted with occupancy >= {p.zero_flow_occupancy:.0%} "
+            f"in {sh:.0%} of intervals"
+        )
+
+    def mismatch(s: StationSample) -> bool:
+        for ln in s.lanes:
+            q = _lane_vph(ln, s.period_s)
+            if q is None or ln.occupancy is None or q < p.mismatch_min_vph:
+                continue
+            if ln.occupancy <= 0:
+                return True
+            implied = q * p.vehicle_length_m / (ln.occupancy * 1000.0)
+            if implied > p.mismatch_max_implied_kph:
+                return True
+        return False
+
+    if (sh := _share(samples, mismatch)) >= p.share:
+        found["mismatch"] = (
+            f"flow >= {p.mismatch_min_vph:.0f} veh/h/lane with a near-empty loop "
+            f"(implied speed > {p.mismatch_max_implied_kph:.0f} km/h) in {sh:.0%} of intervals"
+        )
+
+    def bad_speed(s: StationSample) -> bool:
+        for ln in s.lanes:
+            if ln.speed_kph is None:
+                continue
+            if ln.speed_kph > p.max_speed_kph:
+                return True
+            q = _lane_vph(ln, s.period_s) or 0
+            if ln.speed_kph < p.crawl_kph and q >= p.crawl_min_vph:
+                return True
+        return False
+
+    if (sh := _share(samples, bad_speed)) >= p.share:
+        found["implausible-speed"] = (
+            f"speed above {p.max_speed_kph:.0f} km/h, or below {p.crawl_kph:.0f} km/h at "
+            f"full flow, in {sh:.0%} of intervals"
+        )
+
+    def zeros(s: StationSample) -> bool:
+        return all((ln.count == 0 and (ln.occupancy or 0) == 0) for ln in s.lanes)
+
+    if (
+        network_lane_vph is not None
+        and network_lane_vph >= p.no_flow_network_vph
+        and all(zeros(s) for s in samples)
+    ):
+        found["no-flow"] = (
+            f"no vehicles all window while the network carries {network_lane_vph:.0f} veh/h/lane"
+        )
+
+    if expected_intervals:
+        pct = 100.0 * min(len(samples), expected_intervals) / expected_intervals
+        if pct < p.min_pct_observed:
+            found["intermittent"] = f"{pct:.0f}% of expected intervals observed"
+
+    return [Diagnosis(k, found[k]) for k in KINDS if k in found]
+
+
+# --------------------------------------------------------------------------- the alert's state
+
+
+Action = Literal["raise", "repeat", "clear", "none"]
+
+
+@dataclass(frozen=True)
+class DetectorState:
+    """What the detector-fault rule remembers about one station."""
+
+    active: bool = False
+    kind: str | None = None
+    clean: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"active": self.active, "kind": self.kind, "clean": self.clean}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> DetectorState:
+        if not data:
+            return cls()
+        try:
+            return cls(bool(data.get("active")), data.get("kind"), max(0, int(data["clean"])))
+        except (KeyError, TypeError, ValueError):
+            return cls()
+
+
+def detector_step(
+    state: DetectorState, diagnoses: Sequence[Diagnosis], *, clear_k: int = 2
+) -> tuple[DetectorState, Action]:
+    """Advance one station's detector-fault rule by one evaluation (one 5-min bucket)."""
+    if diagnoses:
+        kind = diagnoses[0].kind
+        return DetectorState(True, kind, 0), ("repeat" if state.active else "raise")
+    if not state.active:
+        return DetectorState(), "none"
+    clean = state.clean + 1
+    if clean >= clear_k:
+        return DetectorState(), "clear"
+    return DetectorState(True, state.kind, clean), "none"
+
+
+def detector_message(station_id: str, diagnoses: Sequence[Diagnosis]) -> str:
+    first = diagnoses[0]
+    more = f" (+{len(diagnoses) - 1} more)" if len(diagnoses) > 1 else ""
+    return f"Detector fault at {station_id}: {first.kind}, {first.evidence}{more}"
+
+
+def pct_good(faulty: int, reporting: int) -> float | None:
+    """Network-wide % good detectors among those reporting; None when none report."""
+    if reporting <= 0:
+        return None
+    return round(100.0 * (reporting - faulty) / reporting, 1)

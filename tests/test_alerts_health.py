@@ -1,0 +1,117 @@
+"""Detector diagnostics, the two clocks and the feed stall as pure functions: plain numbers in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from its.alerts.health import (
+    DetectorState,
+    Diagnosis,
+    LaneSample,
+    StationSample,
+    detector_step,
+    diagnose,
+    pct_good,
+)
+from its.alerts.rules import StationView, feed_stalled, offline_reason
+
+T = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
+
+
+def healthy(i: int, lanes: int = 3) -> StationSample:
+    """A plausible interval: ~1,200 veh/h/lane at 80 km/h, counts varying as real ones do."""
+    return StationSample(
+        30,
+        tuple(LaneSample(9 + (i + n) % 3, 0.08 + 0.01 * (i % 2), 80.0 + n) for n in range(lanes)),
+    )
+
+
+def window(make, n: int = 30) -> list[StationSample]:  # noqa: ANN001
+    return [make(i) for i in range(n)]
+
+
+def kinds(samples: list[StationSample], **kw) -> list[str]:  # noqa: ANN003
+    return [d.kind for d in diagnose(samples, **kw)]
+
+
+def test_a_healthy_station_has_no_diagnosis() -> None:
+    assert kinds(window(healthy), expected_intervals=30, network_lane_vph=1200) == []
+
+
+def test_night_zeros_are_not_a_fault_but_zeros_in_a_busy_network_are() -> None:
+    zeros = window(lambda i: StationSample(30, (LaneSample(0, 0.0, None),) * 3))
+    assert kinds(zeros, network_lane_vph=40) == []
+    assert kinds(zeros, network_lane_vph=1200) == ["no-flow"]
+
+
+def test_identical_values_for_ten_intervals_are_stuck() -> None:
+    frozen = healthy(0)
+    samples = window(healthy, 10) + [frozen] * 10
+    assert kinds(samples)[0] == "stuck"
+    assert "stuck" not in kinds(window(healthy, 10) + [frozen] * 9)
+
+
+@pytest.mark.parametrize(
+    ("lane", "kind"),
+    [
+        (LaneSample(40, 0.2, 80.0), "chatter"),  # 4,800 veh/h in one lane
+        (LaneSample(1, 0.97, 2.0), "locked-on"),
+        (LaneSample(0, 0.3, None), "zero-flow-with-occupancy"),
+        (LaneSample(12, 0.0, 80.0), "mismatch"),  # 1,440 veh/h over an empty loop
+        (LaneSample(5, 0.05, 260.0), "implausible-speed"),
+        (LaneSample(None, None, None), "no-values"),
+    ],
+)
+def test_each_diagnosis_needs_most_of_the_window(lane: LaneSample, kind: str) -> None:
+    def bad(i: int) -> StationSample:
+        good = healthy(i)
+        return StationSample(30, (lane, *good.lanes[1:]))
+
+    mostly = [bad(i) if i % 5 != 0 else healthy(i) for i in range(30)]  # 80%
+    assert kind in kinds(mostly)
+    rarely = [bad(i) if i % 5 == 0 else healthy(i) for i in range(30)]
+    assert kind not in kinds(rarely)
+
+
+def test_controller_flags_and_gaps() -> None:
+    flagged = [StationSample(30, healthy(i).lanes, "degraded") for i in range(30)]
+    assert kinds(flagged) == ["reported-fault"]
+    assert kinds(window(healthy, 10), expected_intervals=30) == ["intermittent"]
+    assert kinds(window(healthy, 20), expected_intervals=30) == []
+    assert diagnose([]) == []  # no data is the offline rule's business
+
+
+def test_detector_fault_raises_repeats_and_clears_after_two_clean_windows() -> None:
+    d = [Diagnosis("stuck", "x")]
+    s, action = detector_step(DetectorState(), d)
+    assert action == "raise" and s.kind == "stuck"
+    s, action = detector_step(s, d)
+    assert action == "repeat"
+    s, action = detector_step(s, [])
+    assert action == "none" and s.active
+    s, action = detector_step(DetectorState.from_json(s.to_json()), [])
+    assert action == "clear" and not s.active
+    assert DetectorState.from_json({"clean": "garbage"}) == DetectorState()
+    assert pct_good(1, 4) == 75.0 and pct_good(0, 0) is None
+
+
+def test_replay_lateness_is_not_silence_but_both_clocks_silent_is() -> None:
+    # at 240x a reading 400 ms late is 96 s of data time: three 30-s periods
+    view = StationView("S", "online", T, 30, last_received=T)
+    late = T + timedelta(seconds=96)
+    wall = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    recent = StationView("S", "online", T, 30, last_received=wall - timedelta(milliseconds=400))
+    assert offline_reason(recent, late, wall=wall) is None
+    assert offline_reason(view, late) == "silent"  # data clock alone (no wall given)
+    gone = StationView("S", "online", T, 30, last_received=wall - timedelta(seconds=90))
+    assert offline_reason(gone, late, wall=wall) == "silent"
+    assert offline_reason(gone, T + timedelta(seconds=60), wall=wall) is None
+
+
+def test_feed_stalled_after_the_setting_and_never_on_an_empty_database() -> None:
+    wall = T + timedelta(seconds=120)
+    assert feed_stalled(T, wall, 120) is True
+    assert feed_stalled(T, wall - timedelta(seconds=1), 120) is False
+    assert feed_stalled(None, wall, 120) is False
