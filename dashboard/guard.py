@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from its.api.limits import replay_body
 
 CALLBACK_PATH = "/_dash-update-component"
 
@@ -97,13 +99,4 @@ class CallbackGuard:
                 scope, receive, send
             )
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
