@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from its.errors import PayloadError, TopicError
 
 CONTRACT_VERSION = 1
+#: readings before this are refused (the API answers 1970..2200 too): far-past times only serve
+#: to overflow bucket arithmetic downstream
+EARLIEST_READING = datetime(1970, 1, 1, tzinfo=UTC)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _SHOWN_CHARS = 80  # how much of a sender's string a reason quotes
 
@@ -222,6 +225,11 @@ def _validate_observation(data: Any, now: datetime | None, max_future_s: int) ->
         obs = Observation.model_validate(data)
     except ValidationError as exc:
         raise PayloadError(_explain(exc)) from None
+    if obs.interval_start < EARLIEST_READING:
+        raise PayloadError(
+            f"interval_start {obs.interval_start.isoformat()} is before "
+            f"{EARLIEST_READING.isoformat()}: no detector measured then"
+        )
     now = now or datetime.now(UTC)
     if obs.interval_start - now > timedelta(seconds=max_future_s):
         raise PayloadError(

@@ -127,6 +127,15 @@ def test_calendar_edge_timestamps_are_payload_errors_not_overflow(stamp: str) ->
     assert isinstance(item, PayloadError) and "outside the years" in str(item)
 
 
+@pytest.mark.parametrize("stamp", ["0001-01-02T00:00:00Z", "1969-12-31T23:59:30Z"])
+def test_readings_before_1970_are_refused(stamp: str) -> None:
+    """Within the calendar but before any detector: stored, they would overflow bucket arithmetic
+    downstream (the roll-ups' local days) and fall outside what the API answers."""
+    with pytest.raises(PayloadError, match="is before 1970-01-01"):
+        parse_observation(_bytes(interval_start=stamp), now=NOW)
+    assert parse_observation(_bytes(interval_start="1970-01-01T00:00:00Z"), now=NOW)
+
+
 def test_reasons_quote_a_sender_s_strings_bounded() -> None:
     with pytest.raises(TopicError) as topic_err:
         parse_topic("its/v1", "its/v1/stations/" + "x" * 60_000 + "/obs")

@@ -202,7 +202,7 @@ def _bulk_load(engine: Engine, station_ids: list[str], start: datetime, minutes:
                 "CASE WHEN lane = 3 THEN NULL ELSE 40.0 + i % 17 END, 'ok', :t0 FROM n, l"
             ),
             [
-                {"sid": sid, "k": minutes * 2, "t0": start.strftime("%Y-%m-%d %H:%M:%S")}
+                {"sid": sid, "k": minutes * 2, "t0": start.replace(tzinfo=None).isoformat(" ")}
                 for sid in station_ids
             ],
         )
@@ -308,3 +308,21 @@ def test_chosen_targets_only(engine: Engine, network: Network) -> None:
                 _same({level: a}, {level: b})
                 assert {i.target_id for i in a} <= set(ids)
                 assert bool(a) == (level != "station")
+
+
+def test_calendar_edge_rows_loaded_straight_into_readings_do_not_stall_the_worker(
+    engine: Engine, network: Network
+) -> None:
+    """Ingest refuses readings before 1970, but a bulk load can write anything: such keys are
+    skipped (their raw rows kept) instead of overflowing the calendar on every round and holding
+    back every key behind them."""
+    ids = [s.station_id for s in network.stations[:2]]
+    _bulk_load(engine, ids[:1], datetime(1, 1, 1, tzinfo=UTC), 2)
+    _bulk_load(engine, ids, START, 30)
+    rollup.catch_up(engine, network.timezone)
+    assert _pending(engine) == 0
+    with engine.connect() as conn:
+        oldest = conn.scalar(select(func.min(schema.rollup_5m.c.bucket_start)))
+    assert oldest is not None and oldest.replace(tzinfo=UTC) >= START - timedelta(minutes=5)
+    spans = [(START, START + timedelta(minutes=30))]
+    _same(_answers(engine, network, "rollup", spans), _answers(engine, network, "raw", spans))

@@ -80,6 +80,9 @@ LEVEL_5M = Level(schema.rollup_5m, FIVE_MIN, False)
 LEVEL_1H = Level(schema.rollup_1h, timedelta(hours=1), True)
 LEVEL_1D = Level(schema.rollup_1d, timedelta(days=1), True)
 LEVELS = (LEVEL_5M, LEVEL_1H, LEVEL_1D)
+#: buckets rolled up: the range the API answers (docs/api.md, "Limits")
+ROLLUP_START = datetime(1970, 1, 1, tzinfo=UTC)
+ROLLUP_END = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- bucket arithmetic
@@ -322,9 +325,19 @@ def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
         # one worker at a time: a segment's row reads its stations' rows, which another
         # worker could be replacing in the same moment
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('its-rollup-worker'))"))
-    keys = _claim(conn, limit)
-    if not keys:
+    claimed = _claim(conn, limit)
+    if not claimed:
         return 0
+    keys = {(s, b) for s, b in claimed if ROLLUP_START <= b < ROLLUP_END}
+    if len(keys) < len(claimed):
+        # rows written straight into readings with such times (ingest refuses them): rolling
+        # them up would overflow the calendar and stall every later key behind them
+        log.warning(
+            "roll-up: %d key(s) outside %s..%s skipped (their raw rows are kept)",
+            len(claimed) - len(keys), ROLLUP_START.date(), ROLLUP_END.date(),
+        )  # fmt: skip
+    if not keys:
+        return len(claimed)
     r = schema.readings
 
     def raw(lo: datetime, hi: datetime, stations: set[str]) -> Any:
@@ -357,7 +370,7 @@ def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
         # ranges start at the coarse bucket, so every fine row of a coarse bucket is summed
         _recompute(conn, coarse, level, regroup)
         finer, fine_keys = level, coarse
-    return len(keys)
+    return len(claimed)
 
 
 def pending(conn: Connection) -> int:
