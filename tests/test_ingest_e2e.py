@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from ingest.service import run_ingest
 from its.config import MqttEndpoint, Settings
 from its.db import schema
 from tests.conftest import wait_for
-from tests.ingest_helpers import dumps, obs
+from tests.ingest_helpers import IngestProcess, dumps, obs
 
 
 def _count(engine: Engine, table) -> int:
@@ -136,16 +134,8 @@ def test_its_ingest_flushes_on_sigterm(
         "ITS_INGEST_IDLE_FLUSH_S": "0",
         "ITS_INGEST_CLIENT_ID": f"sigterm-{uuid.uuid4().hex[:8]}",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "its.cli", "ingest"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    ingest = IngestProcess(env)
+    proc, lines = ingest.proc, ingest.lines
     try:
         wait_for(lambda: any("subscribed" in ln for ln in lines), timeout=30, what="subscribe")
         pub = publisher(mosquitto)
@@ -158,9 +148,6 @@ def test_its_ingest_flushes_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(5)
-    proc.stdout.close()
+        ingest.close()
     assert _count(pg_engine, schema.readings) == 20, "".join(lines)
     assert "20 readings stored" in "".join(lines)

@@ -12,9 +12,6 @@ import itertools
 import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -47,6 +44,7 @@ from tests.fuzz_messages import (
     gateway_mix,
     valid,
 )
+from tests.ingest_helpers import IngestProcess
 
 P = "its/v1"
 
@@ -266,16 +264,8 @@ def test_fuzzed_messages_through_mosquitto_into_a_running_ingest(
         "ITS_MQTT_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
         "ITS_INGEST_WORKER_ID": f"fuzz-{uuid.uuid4().hex[:8]}",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "its.cli", "ingest"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    ingest = IngestProcess(env)
+    proc, lines = ingest.proc, ingest.lines
     pub = make_client(mosquitto, f"fuzz-pub-{uuid.uuid4().hex[:8]}")
     try:
         wait_for(lambda: any("subscribed" in ln for ln in lines), timeout=30, what="subscribe")
@@ -304,10 +294,7 @@ def test_fuzzed_messages_through_mosquitto_into_a_running_ingest(
     finally:
         pub.loop_stop()
         pub.disconnect()
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(5)
-    proc.stdout.close()
+        ingest.close()
     with pg_engine.connect() as conn:
         reasons = conn.execute(select(schema.dead_letters.c.reason)).scalars().all()
     assert len(reasons) == dead and all(reasons)
