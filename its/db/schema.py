@@ -353,3 +353,19 @@ rollup_dirty = Table(
     comment="Log of (station, 5-min bucket) keys whose raw readings changed (written by triggers "
     "on readings); the roll-up worker recomputes and deletes them.",
 )
+
+# --------------------------------------------------------------------------- retention
+
+retention_state = Table(
+    "retention_state",
+    metadata,
+    Column("name", String(32), primary_key=True, comment="what is cleaned: readings"),
+    Column(
+        "horizon",
+        UTCDateTime,
+        nullable=False,
+        comment="raw rows before this may have been deleted: only the roll-ups answer there",
+    ),
+    Column("updated_at", UTCDateTime, nullable=False),
+    comment="How far the raw-data clean-up has reached (its/db/retention.py); it only moves on.",
+)
