@@ -45,6 +45,7 @@ from its.contract import (
     parse_observation,
     parse_state,
     parse_topic,
+    validate_observation,
 )
 from its.db.horizon import raw_horizon
 from its.db.writes import (
@@ -305,6 +306,17 @@ class Pipeline:
         """Validate a payload that came without a topic (a line of an import file): an object
         is one observation, an array a gateway's observations; reasons are ingest's."""
         self._guard(msg, b, now, self._validate_bare)
+
+    def collect_observation(self, data: Any, msg: Message, b: Batch, now: datetime) -> None:
+        """Validate an observation already parsed (a CSV row made into one); a failure is a
+        dead letter of ``msg``, with ingest's reasons."""
+
+        def validate(_msg: Message, batch: Batch, at: datetime) -> None:
+            max_future_s = self.settings.ingest_max_future_s
+            obs = validate_observation(data, now=at, max_future_s=max_future_s)
+            self._accept(obs, None, at, batch)
+
+        self._guard(msg, b, now, validate)
 
     def _validate_bare(self, msg: Message, b: Batch, now: datetime) -> None:
         self._check_size(msg)

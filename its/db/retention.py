@@ -33,6 +33,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from its.config import Settings
+from its.contract import iso
 from its.db import horizon as horizons
 from its.db import schema
 from its.db.rollup import FIVE_MIN, ROLLUP_START, bucket_floor
@@ -68,7 +69,7 @@ class RetentionStats:
         else:
             raw = (
                 f"{verb} {self.readings_deleted:,} raw readings before "
-                f"{self.raw_horizon.isoformat()} in {self.buckets:,} 5-minute buckets"
+                f"{iso(self.raw_horizon)} in {self.buckets:,} 5-minute buckets"
                 + (f", kept {self.readings_kept:,} not rolled up yet" if self.readings_kept else "")
             )
         if self.dead_letter_horizon is None:
@@ -76,7 +77,7 @@ class RetentionStats:
         else:
             dead = (
                 f"{verb} {self.dead_letters_deleted:,} dead letters before "
-                f"{self.dead_letter_horizon.isoformat()}"
+                f"{iso(self.dead_letter_horizon)}"
             )
         return f"{raw}; {dead}"
 
