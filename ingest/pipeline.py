@@ -159,6 +159,7 @@ class Pipeline:
         #: keep readings older than the raw retention (an import of history: `its import
         #: --accept-old`); ingest refuses them
         self.accept_old = False
+        self._horizon: tuple[datetime | None, datetime | None] = (None, None)
         self._write_s = 0.0  # how long the last successful write took (for metrics)
 
     # ------------------------------------------------------------------ routing
@@ -247,7 +248,9 @@ class Pipeline:
         """Refuse a reading older than the raw retention: its bucket's raw rows are deleted
         once rolled up, so it could never count (docs/storage.md, Retention)."""
         days = self.settings.retention_raw_days
-        limit = raw_horizon(now, days)
+        if self._horizon[0] != now:  # a batch's messages share one ``now``
+            self._horizon = (now, raw_horizon(now, days))
+        limit = self._horizon[1]
         if limit is not None and obs.interval_start < limit:
             raise PayloadError(
                 f"interval_start {iso(obs.interval_start)} is older than the raw retention "

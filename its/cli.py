@@ -291,7 +291,7 @@ def db_rollup(
     engine, network = _migrated_store(settings)
     if rebuild:
         with engine.begin() as conn:
-            rollup.rebuild(conn)
+            rollup.rebuild(conn, network.timezone)
     with engine.connect() as conn:
         pending = rollup.pending(conn)
     started = time.monotonic()

@@ -337,3 +337,22 @@ def test_cli_db_retention(
         engine.dispose()
     finally:
         get_settings.cache_clear()
+
+
+def test_rebuild_keeps_the_history_the_clean_up_left(
+    engine: Engine, network: Network, tmp_path: Path
+) -> None:
+    """`its db rollup --rebuild` after a clean-up: the 5-minute roll-ups before the horizon are
+    all that is left of that history, so they stay, and hours and days are rebuilt from them."""
+    _seed(engine, network)
+    retention.run_retention(engine, _settings(tmp_path), now=NOW)
+    window = (OLD - timedelta(hours=1), NEW + timedelta(hours=1))
+    before = _answers(engine, network, *window)
+    with engine.begin() as conn:
+        with pytest.raises(ValueError, match="time zone"):
+            rollup.rebuild(conn)
+    with engine.begin() as conn:
+        rollup.rebuild(conn, network.timezone)
+    assert rollup.catch_up(engine, network.timezone) > 0
+    _same(_answers(engine, network, *window), before)
+    assert before[("station", 3600)] and before[("corridor", 86400)]

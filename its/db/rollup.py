@@ -443,16 +443,47 @@ def catch_up(
     return total
 
 
-def rebuild(conn: Connection) -> None:
+def rebuild(conn: Connection, tz: str | None = None) -> None:
     """Forget every roll-up and log every key that has readings again: after a change of the
-    network's time zone, or after deleting raw rows that should leave the roll-ups too."""
+    network's time zone, or after deleting raw rows that should leave the roll-ups too.
+
+    Where the retention clean-up has deleted raw rows (a horizon is recorded), the 5-minute
+    roll-ups before the horizon are all that is left of that history: they are kept, and the
+    local hours and days (zone ``tz``, required then) are rebuilt from them; everything from the
+    horizon on is rebuilt from the raw rows as usual."""
     from its.db import rollup_sql
 
+    limit = horizon.recorded_horizon(conn)
+    if limit is not None and tz is None:
+        raise ValueError("raw rows were cleaned up: rebuilding needs the network's time zone")
     for level in LEVELS:
-        conn.execute(delete(level.table))
+        table = level.table
+        if level is LEVEL_5M and limit is not None:
+            conn.execute(delete(table).where(table.c.bucket_start >= limit))
+        else:
+            conn.execute(delete(table))
     for table in TARGET_TABLES.values():
-        conn.execute(delete(table))
+        if limit is not None:
+            conn.execute(delete(table).where(table.c.bucket_start >= limit))
+        else:
+            conn.execute(delete(table))
     conn.execute(delete(schema.rollup_dirty))
+    if limit is not None:
+        assert tz is not None
+        finer = LEVEL_5M
+        for level in (LEVEL_1H, LEVEL_1D):
+            # hours and days before the horizon from the kept 5-minute rows; one holding the
+            # horizon is summed whole again by the worker when its newer keys are processed
+            source = finer.table
+            bucket = time_bucket(level.width, source.c.bucket_start, tz)
+            sums = (
+                select(*sums_of_sums_columns(source, bucket))
+                .where(source.c.bucket_start < limit)
+                .group_by(source.c.station_id, bucket)
+            )
+            columns = ["station_id", "bucket_start", *SUM_COLUMNS, *MAX_COLUMNS]
+            conn.execute(insert(level.table).from_select(columns, sums))
+            finer = level
     rollup_sql.log_all_readings(conn)
 
 

@@ -82,8 +82,16 @@ def _copy_postgresql(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
 def _executemany_sqlite(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     dialect = conn.dialect
     column_type = schema.readings.c.interval_start.type
-    stamp = column_type.dialect_impl(dialect).bind_processor(dialect)  # SQLAlchemy's text form
-    assert stamp is not None  # UTCDateTime always converts on SQLite
+    convert = column_type.dialect_impl(dialect).bind_processor(dialect)  # SQLAlchemy's text form
+    assert convert is not None  # UTCDateTime always converts on SQLite
+    cache: dict[Any, str] = {}  # a batch holds few distinct times: each lane, station, row
+
+    def stamp(value: Any) -> str:
+        text = cache.get(value)
+        if text is None:
+            text = cache[value] = convert(value)
+        return text
+
     values = [
         (
             r["station_id"],
