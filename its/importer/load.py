@@ -24,6 +24,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +111,8 @@ class Importer:
         self.stats = ImportStats()
         self.max_line = settings.mqtt_max_payload_bytes + LINE_SLACK
         self._known: set[str] = set()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def sources(self, paths: Iterable[Path], fmt: str | None = None) -> list[Source]:
         """Open every file's description first, so a bad name or format fails before anything
@@ -117,8 +120,12 @@ class Importer:
         return [Source(Path(p).resolve(), fmt, self.max_line) for p in paths]
 
     def run(self, sources: list[Source], stop: threading.Event | None = None) -> ImportStats:
+        """Load ``sources`` in order. Batches are written on a second thread while the next one
+        is validated (the database and the parsing overlap); an error in either stops the
+        import and is raised here, after what was written is counted."""
         started = time.perf_counter()
         self.pipeline.directory.ensure_loaded(lambda: stop is not None and stop.is_set())
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="its-import-write")
         try:
             for source in sources:
                 if stop is not None and stop.is_set():
@@ -126,12 +133,23 @@ class Importer:
                 self._load(source, stop)
                 self.stats.files += 1
         finally:
-            self.stats.seconds = time.perf_counter() - started
+            try:
+                self._wait()
+            finally:
+                self._writer.shutdown()
+                self.stats.seconds = time.perf_counter() - started
         return self.stats
+
+    def _wait(self) -> None:
+        """Wait for the batch being written (raising its error, if any)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     # ------------------------------------------------------------------ one file
 
     def _load(self, source: Source, stop: threading.Event | None) -> None:
+        self._wait()  # the previous file's last batch, which reads _known
         self._known = self._recorded(source.path)
         batch, now = Batch(), self.clock()
         reported = 0
@@ -219,8 +237,13 @@ class Importer:
     # ------------------------------------------------------------------ writing
 
     def _flush(self, b: Batch) -> None:
+        """Hand ``b`` to the writer thread, once the batch before it is written."""
         if not b.rows and not b.dead:
             return
+        self._wait()
+        self._pending = self._writer.submit(self._write, b)
+
+    def _write(self, b: Batch) -> None:
         fresh = [d for d in b.dead if storable_text(d.topic, TOPIC_MAX_CHARS) not in self._known]
         with self.engine.begin() as conn:
             stored = write_readings(conn, b.rows)
