@@ -12,6 +12,7 @@ contract (bare observations, one a line; ``--gzip`` compresses it), and per back
   on SQLite), the roll-up triggers firing as in production;
 - times a second import of the same file (every row a duplicate: the exactly-once path);
 - times the roll-up catch-up that `its import` runs afterwards;
+- times the retention clean-up deleting all those raw rows again (5,000 rows a transaction);
 - PostgreSQL: times the reference, a plain binary COPY of the same rows (already parsed, no
   validation) into an empty table with readings' columns and indexes and no trigger: the
   database's ceiling. SQLite: ``executemany`` of the same tuples into such a table.
@@ -38,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from its.config import Settings
-from its.db import migrate, rollup
+from its.db import migrate, retention, rollup
 from its.db.engine import make_engine
 from its.importer.bulk import COLUMNS
 from its.importer.load import Importer
@@ -163,6 +164,10 @@ def run_backend(url: str, network: Network, path: Path, tmp: Path, batch_rows: i
         keys = rollup.catch_up(engine, network.timezone, batch=10_000)
         rollup_s = time.perf_counter() - started
         log(f"  rolled up {keys:,} keys ({dirty:,} logged) in {rollup_s:.1f} s")
+        started = time.perf_counter()
+        cleaned = retention.clean_readings(engine, datetime.now(UTC), batch_rows=5000)
+        retention_s = time.perf_counter() - started
+        log(f"  retention: {cleaned.summary()} in {retention_s:.1f} s")
         rows = reference_rows(path, REFERENCE_ROWS)
         reference = copy_reference(engine, rows)
         log(f"  reference: {reference:,.0f} rows/s over {len(rows):,} rows")
@@ -177,6 +182,9 @@ def run_backend(url: str, network: Network, path: Path, tmp: Path, batch_rows: i
             "reimport_stored": second.stored,
             "rollup_keys": keys,
             "rollup_s": round(rollup_s, 1),
+            "retention_deleted": cleaned.readings_deleted,
+            "retention_s": round(retention_s, 1),
+            "retention_rows_per_s": round(cleaned.readings_deleted / retention_s),
             "reference_rows_per_s": round(reference),
             "reference": "binary COPY" if engine.dialect.name == "postgresql" else "executemany",
             "ratio_to_reference": round(first.rate / reference, 3),

@@ -211,9 +211,18 @@ def test_files_that_cannot_be_read_fail_before_anything_is_written(
     with pytest.raises(ImportFileError, match="cannot tell the format"):
         _load(engine, settings, good, odd)
     typo = tmp_path / "b.csv"
-    typo.write_text("station_id,lane,interval_start,period,count\n")
+    typo.write_text("station_id,lane,interval_start,period,count\nJKT-SDR-N-001,1,x,30,1\n")
+    good.write_text(
+        f"station_id,lane,interval_start,period_s,count\nJKT-SDR-N-001,1,{iso(START)},30,1\n"
+    )
     with pytest.raises(ImportFileError, match="missing period_s; unknown 'period'"):
-        _load(engine, settings, typo)
+        _load(engine, settings, good, typo)
+    assert _readings(engine) == 0  # the good file first: nothing of it was written either
+    empty = tmp_path / "c.csv.gz"
+    empty.write_bytes(gzip.compress(b""))
+    with pytest.raises(ImportFileError, match="no CSV header"):
+        _load(engine, settings, empty)
+    assert _load(engine, settings, good).stored == 1
 
 
 def test_an_overlong_line_is_a_dead_letter_and_reading_goes_on(

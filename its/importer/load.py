@@ -115,9 +115,12 @@ class Importer:
         self._pending: Future[None] | None = None
 
     def sources(self, paths: Iterable[Path], fmt: str | None = None) -> list[Source]:
-        """Open every file's description first, so a bad name or format fails before anything
-        is written. CSV headers are checked as each file is read."""
-        return [Source(Path(p).resolve(), fmt, self.max_line) for p in paths]
+        """Every file described and checked first (name, format, CSV header), so a file that
+        cannot be read fails the import before anything is written."""
+        out = [Source(Path(p).resolve(), fmt, self.max_line) for p in paths]
+        for source in out:
+            source.check()
+        return out
 
     def run(self, sources: list[Source], stop: threading.Event | None = None) -> ImportStats:
         """Load ``sources`` in order. Batches are written on a second thread while the next one

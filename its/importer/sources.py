@@ -82,10 +82,22 @@ class Source:
             return gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[return-value]
         return self._raw
 
+    def check(self) -> None:
+        """Read a CSV file's header now (the file fails before anything is loaded)."""
+        if self.format == "csv":
+            lines = self.lines()
+            try:
+                next(lines, None)
+            finally:
+                lines.close()  # closes the file
+            if not self.columns:
+                raise ImportFileError(f"{self.path}: no CSV header (the file is empty)")
+
     def lines(self) -> Iterator[Line]:
         """The file's non-blank lines. A CSV file's header is read first (see
         :func:`csv_columns`) and not yielded."""
         stream = self._open()
+        header_read = False
         try:
             number = 0
             while True:
@@ -107,8 +119,9 @@ class Source:
                     text = text.removeprefix(b"\xef\xbb\xbf")  # a byte order mark (Excel)
                 if not text.strip() and cut is None:
                     continue
-                if self.format == "csv" and not self.columns:
+                if self.format == "csv" and not header_read:
                     self.columns = csv_columns(self.path, text)
+                    header_read = True
                     continue
                 yield Line(number, text, cut)
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
