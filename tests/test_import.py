@@ -134,6 +134,7 @@ def test_ndjson_all_line_forms_dead_letters_and_rerun(
         "1 of 2 gateway items rejected (payload: those items): [1] lanes.0"
     )
     assert "older than the raw retention (ITS_RETENTION_RAW_DAYS=90" in reasons[5]
+    assert stats.too_old == 1 and "1 lines older than the raw retention" in stats.summary()
     assert reasons[6] == "import line: topic must be a string"
     assert reasons[7] == "observation must be a JSON object"
     assert orjson.loads(dead[4][2]) == [bad_payload]  # as ingest keeps a gateway's bad items

@@ -67,9 +67,10 @@ class RetentionStats:
         elif self.raw_horizon is None:
             raw = "raw readings kept for ever (ITS_RETENTION_RAW_DAYS=0)"
         else:
+            where = "" if self.dry_run else f" in {self.buckets:,} 5-minute buckets"
             raw = (
                 f"{verb} {self.readings_deleted:,} raw readings before "
-                f"{iso(self.raw_horizon)} in {self.buckets:,} 5-minute buckets"
+                f"{iso(self.raw_horizon)}{where}"
                 + (f", kept {self.readings_kept:,} not rolled up yet" if self.readings_kept else "")
             )
         if self.dead_letter_horizon is None:

@@ -43,6 +43,7 @@ from its.importer.bulk import write_readings
 from its.importer.sources import LINE_SLACK, Line, Source, csv_observation
 
 DEFAULT_BATCH_ROWS = 50_000
+TOO_OLD = "is older than the raw retention"  # in ingest's reason for such a reading
 _PROGRESS_EVERY = 2000  # lines between progress reports
 
 
@@ -58,6 +59,7 @@ class ImportStats:
     dead_letters: int = 0  # recorded by this run
     dead_letters_known: int = 0  # refused lines an earlier run of the same file recorded
     states_skipped: int = 0
+    too_old: int = 0  # lines refused as older than the raw retention
     batches: int = 0
     seconds: float = 0.0
 
@@ -75,10 +77,15 @@ class ImportStats:
         states = (
             f", {self.states_skipped:,} state messages not applied" if self.states_skipped else ""
         )
+        old = (
+            f"; {self.too_old:,} lines older than the raw retention (--accept-old loads them)"
+            if self.too_old
+            else ""
+        )
         return (
             f"imported {self.files} file(s): {self.lines:,} lines, {self.stored:,} readings "
             f"stored, {self.duplicates:,} duplicates, {self.dead_letters:,} dead letters"
-            f"{known}{states} in {self.seconds:.1f} s ({self.rate:,.0f} readings/s)"
+            f"{known}{states} in {self.seconds:.1f} s ({self.rate:,.0f} readings/s){old}"
         )
 
 
@@ -208,6 +215,8 @@ class Importer:
             self._ndjson(msg, b, now)
         for i in range(before, len(b.dead)):  # whatever the message's topic was
             b.dead[i] = dataclasses.replace(b.dead[i], topic=where)
+            if TOO_OLD in b.dead[i].reason:
+                self.stats.too_old += 1
         if b.states:
             self.stats.states_skipped += len(b.states)
             b.states.clear()
