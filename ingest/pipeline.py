@@ -248,7 +248,7 @@ class Pipeline:
         """Refuse a reading older than the raw retention: its bucket's raw rows are deleted
         once rolled up, so it could never count (docs/storage.md, Retention)."""
         days = self.settings.retention_raw_days
-        if self._horizon[0] != now:  # a batch's messages share one ``now``
+        if self._horizon[0] != now:  # the lines of an import batch share one ``now``
             self._horizon = (now, raw_horizon(now, days))
         limit = self._horizon[1]
         if limit is not None and obs.interval_start < limit:
