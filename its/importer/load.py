@@ -45,6 +45,7 @@ from its.importer.sources import LINE_SLACK, Line, Source, csv_observation
 DEFAULT_BATCH_ROWS = 50_000
 TOO_OLD = "is older than the raw retention"  # in ingest's reason for such a reading
 _PROGRESS_EVERY = 2000  # lines between progress reports
+_MAX_DEAD = 5000  # dead letters a batch holds at most (a file of bad lines stays flat in memory)
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Importer:
         for line in source.lines():
             self.stats.lines += 1
             self._line(source, line, batch, now)
-            if len(batch.rows) >= self.batch_rows:
+            if len(batch.rows) >= self.batch_rows or len(batch.dead) >= _MAX_DEAD:
                 self._flush(batch)
                 batch, now = Batch(), self.clock()
             if self.stats.lines % _PROGRESS_EVERY == 0:
