@@ -39,12 +39,15 @@ from its.contract import (
     RejectedItem,
     StationObsTopic,
     StationStateTopic,
+    iso,
     observation_dict,
     parse_gateway_batch,
     parse_observation,
     parse_state,
     parse_topic,
+    validate_observation,
 )
+from its.db.horizon import raw_horizon
 from its.db.writes import (
     DeadLetter,
     insert_dead_letters,
@@ -107,6 +110,10 @@ class _Batch:
         return len(self.rows) + len(self.dead) + len(self.states)
 
 
+#: what :meth:`Pipeline.collect` fills: reading rows, dead letters, states (and the messages)
+Batch = _Batch
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a write failed because of the store (retry the batch as it is) rather than
     because of the data in it (find the message at fault).
@@ -149,6 +156,10 @@ class Pipeline:
         self._retry_delays = retry_delays
         self._batch = _Batch()
         self.metrics = metrics
+        #: keep readings older than the raw retention (an import of history: `its import
+        #: --accept-old`); ingest refuses them
+        self.accept_old = False
+        self._horizon: tuple[datetime | None, datetime | None] = (None, None)
         self._write_s = 0.0  # how long the last successful write took (for metrics)
 
     # ------------------------------------------------------------------ routing
@@ -165,8 +176,17 @@ class Pipeline:
         self._route(msg, b, self.clock())
 
     def _route(self, msg: Message, b: _Batch, now: datetime) -> None:
+        self._guard(msg, b, now, self._validate)
+
+    def _guard(
+        self,
+        msg: Message,
+        b: _Batch,
+        now: datetime,
+        validate: Callable[[Message, _Batch, datetime], None],
+    ) -> None:
         try:
-            self._validate(msg, b, now)
+            validate(msg, b, now)
         except ContractError as exc:
             b.dead.append(self._dead_letter(msg, str(exc), now))
         except SQLAlchemyError:
@@ -179,12 +199,7 @@ class Pipeline:
     def _validate(self, msg: Message, b: _Batch, now: datetime) -> None:
         if isinstance(msg.topic, bytes):
             raise TopicError("topic is not valid UTF-8")
-        limit = self.settings.mqtt_max_payload_bytes
-        if len(msg.payload) > limit:
-            raise PayloadError(
-                f"payload of {len(msg.payload):,} bytes exceeds the limit of {limit:,} bytes "
-                "(ITS_MQTT_MAX_PAYLOAD_BYTES)"
-            )
+        self._check_size(msg)
         topic = parse_topic(self.settings.topic_prefix, msg.topic)
         match topic:
             case StationObsTopic():
@@ -202,6 +217,14 @@ class Pipeline:
             case _:
                 raise TopicError(f"topic {msg.topic[:200]!r} is published by the platform")
 
+    def _check_size(self, msg: Message) -> None:
+        limit = self.settings.mqtt_max_payload_bytes
+        if len(msg.payload) > limit:
+            raise PayloadError(
+                f"payload of {len(msg.payload):,} bytes exceeds the limit of {limit:,} bytes "
+                "(ITS_MQTT_MAX_PAYLOAD_BYTES)"
+            )
+
     def _accept(
         self, obs: Observation, topic_station: str | None, now: datetime, b: _Batch
     ) -> None:
@@ -217,7 +240,23 @@ class Pipeline:
             raise PayloadError(
                 f"station {obs.station_id} has {lanes} lanes; got lane(s) {too_high}"
             )
+        if not self.accept_old:
+            self._check_retention(obs, now)
         b.rows.extend(reading_rows(obs, now))
+
+    def _check_retention(self, obs: Observation, now: datetime) -> None:
+        """Refuse a reading older than the raw retention: its bucket's raw rows are deleted
+        once rolled up, so it could never count (docs/storage.md, Retention)."""
+        days = self.settings.retention_raw_days
+        if self._horizon[0] != now:  # the lines of an import batch share one ``now``
+            self._horizon = (now, raw_horizon(now, days))
+        limit = self._horizon[1]
+        if limit is not None and obs.interval_start < limit:
+            raise PayloadError(
+                f"interval_start {iso(obs.interval_start)} is older than the raw retention "
+                f"(ITS_RETENTION_RAW_DAYS={days}: before {iso(limit)}); raw readings that old "
+                "are deleted once rolled up and their roll-ups are final"
+            )
 
     def _gateway(self, msg: Message, now: datetime, b: _Batch) -> None:
         """Good elements become readings; the bad ones, however many, make one dead letter
@@ -258,6 +297,39 @@ class Pipeline:
         return DeadLetter.bounded(
             msg.topic_text, msg.payload, reason, now, self.settings.dead_letter_max_bytes
         )
+
+    # ------------------------------------------------------------------ without a broker
+
+    def collect(self, msg: Message, b: Batch, now: datetime) -> None:
+        """Validate one message into ``b`` (rows, dead letters, states) without writing it:
+        the bulk import (:mod:`its.importer`) validates exactly as ingest does through this."""
+        self._route(msg, b, now)
+
+    def collect_payload(self, msg: Message, b: Batch, now: datetime) -> None:
+        """Validate a payload that came without a topic (a line of an import file): an object
+        is one observation, an array a gateway's observations; reasons are ingest's."""
+        self._guard(msg, b, now, self._validate_bare)
+
+    def collect_observation(self, data: Any, msg: Message, b: Batch, now: datetime) -> None:
+        """Validate an observation already parsed (a CSV row made into one); a failure is a
+        dead letter of ``msg``, with ingest's reasons."""
+
+        def validate(_msg: Message, batch: Batch, at: datetime) -> None:
+            max_future_s = self.settings.ingest_max_future_s
+            obs = validate_observation(data, now=at, max_future_s=max_future_s)
+            self._accept(obs, None, at, batch)
+
+        self._guard(msg, b, now, validate)
+
+    def _validate_bare(self, msg: Message, b: Batch, now: datetime) -> None:
+        self._check_size(msg)
+        if msg.payload.lstrip()[:1] == b"[":
+            self._gateway(msg, now, b)
+            return
+        obs = parse_observation(
+            msg.payload, now=now, max_future_s=self.settings.ingest_max_future_s
+        )
+        self._accept(obs, None, now, b)
 
     # ------------------------------------------------------------------ batching
 

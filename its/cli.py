@@ -291,7 +291,7 @@ def db_rollup(
     engine, network = _migrated_store(settings)
     if rebuild:
         with engine.begin() as conn:
-            rollup.rebuild(conn)
+            rollup.rebuild(conn, network.timezone)
     with engine.connect() as conn:
         pending = rollup.pending(conn)
     started = time.monotonic()
@@ -309,6 +309,98 @@ def db_rollup(
     )
 
 
+def _stderr_progress(enabled: bool, unit: str = ""):  # noqa: ANN202 - a rich Progress
+    """A progress bar on stderr (stdout keeps the summary), shown only on a terminal."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    count = (
+        (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
+    )
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        *count,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not (enabled and sys.stderr.isatty()),
+    )
+
+
+@db_app.command("retention")
+def db_retention(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar (only on a terminal).")] = True,
+) -> None:
+    """Delete raw readings older than ITS_RETENTION_RAW_DAYS (once rolled up; the roll-ups are
+    kept) and dead letters older than ITS_RETENTION_DEAD_LETTER_DAYS, in small batches."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, select
+
+    from its.db import retention
+    from its.db.schema import readings
+
+    _setup_logging()
+    settings = _settings()
+    engine, _network = _migrated_store(settings)
+    now = datetime.now(UTC)
+    horizon = retention.horizons.raw_horizon(now, settings.retention_raw_days)
+    oldest = None
+    if horizon is not None and not dry_run:
+        with engine.connect() as conn:
+            oldest = conn.execute(
+                select(func.min(readings.c.interval_start)).where(
+                    readings.c.interval_start >= retention.ROLLUP_START
+                )
+            ).scalar()
+    with _stderr_progress(progress) as bar:
+        total = 0
+        if oldest is not None and horizon is not None and oldest < horizon:
+            total = int((horizon - oldest) / retention.FIVE_MIN) + 1
+        task = bar.add_task("retention", total=total or None)
+        done = {"at": oldest}
+
+        def advance(bucket: datetime) -> None:
+            # buckets passed, gaps included, so the bar ends at the horizon
+            last = done["at"] or bucket
+            bar.advance(task, max(int((bucket - last) / retention.FIVE_MIN), 0) + 1)
+            done["at"] = bucket + retention.FIVE_MIN
+
+        stats = retention.run_retention(
+            engine, settings, now=now, dry_run=dry_run, progress=advance
+        )
+    typer.echo(stats.summary())
+
+
+def _retention_worker(settings: Settings, engine, stop: threading.Event):  # noqa: ANN001, ANN202
+    """The retention clean-up as a thread target, or None where ITS_RETENTION_INTERVAL_S is 0
+    or nothing is to be cleaned."""
+    if not settings.retention_interval_s:
+        return None
+    if not (settings.retention_raw_days or settings.retention_dead_letter_days):
+        return None
+    from its.db import retention
+
+    return lambda: retention.run_worker(
+        engine, settings, stop, interval_s=settings.retention_interval_s
+    )
+
+
 def _rollup_worker(settings: Settings, engine, network, stop: threading.Event):  # noqa: ANN001, ANN202
     """The roll-up worker as a thread target, or None where ITS_ROLLUP_INTERVAL_S is 0."""
     if not settings.rollup_interval_s:
@@ -318,6 +410,81 @@ def _rollup_worker(settings: Settings, engine, network, stop: threading.Event): 
     return lambda: rollup.run_worker(
         engine, network.timezone, stop, interval_s=settings.rollup_interval_s
     )
+
+
+# --------------------------------------------------------------------------- import
+
+
+@app.command("import")
+def import_cmd(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="NDJSON or CSV files, optionally .gz (docs/storage.md).",
+        ),
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="ndjson or csv (default: from each file's name)."),
+    ] = None,
+    accept_old: Annotated[
+        bool,
+        typer.Option(
+            "--accept-old",
+            help="Also load readings older than ITS_RETENTION_RAW_DAYS (history for the "
+            "roll-ups; the clean-up deletes their raw rows once rolled up).",
+        ),
+    ] = False,
+    batch_rows: Annotated[
+        int, typer.Option(min=100, max=1_000_000, help="Readings per transaction.")
+    ] = 50_000,
+    rollup_after: Annotated[
+        bool,
+        typer.Option(
+            "--rollup/--no-rollup",
+            help="Roll up what the import touched before exiting (as `its db rollup`), so the "
+            "API answers from the roll-ups at once.",
+        ),
+    ] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bars (only on a terminal).")] = True,
+) -> None:
+    """Load history from files: validated as ingest validates messages (refused lines become
+    dead letters with the reason), exactly once however often a file is loaded."""
+    from its.db import rollup
+    from its.errors import ImportFileError
+    from its.importer.load import Importer
+
+    _setup_logging()
+    settings = _settings()
+    engine, network = _migrated_store(settings)
+    importer = Importer(engine, settings, accept_old=accept_old, batch_rows=batch_rows)
+    stop = _stop_on_signals()
+    try:
+        sources = importer.sources(files, fmt)
+        with _stderr_progress(progress, "bytes") as bar:
+            task = bar.add_task("import", total=sum(s.size for s in sources))
+            importer.progress = lambda n: bar.advance(task, n)
+            stats = importer.run(sources, stop)
+    except ImportFileError as exc:
+        typer.echo(f"its import: {exc}", err=True)
+        typer.echo(importer.stats.summary(), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(stats.summary())
+    if stop.is_set():
+        typer.echo("stopped early: run the same command again to load the rest", err=True)
+        raise typer.Exit(1)
+    if rollup_after:
+        with engine.connect() as conn:
+            pending = rollup.pending(conn)
+        started = time.monotonic()
+        with _stderr_progress(progress) as bar:
+            task = bar.add_task("rolling up", total=pending)
+            done = rollup.catch_up(
+                engine, network.timezone, progress=lambda n: bar.advance(task, n), stop=stop
+            )
+        typer.echo(f"rolled up {done} dirty keys in {time.monotonic() - started:.1f} s")
 
 
 # --------------------------------------------------------------------------- ingest
@@ -394,15 +561,20 @@ def ingest_cmd(
     metrics = IngestMetrics(registry) if registry is not None else None
     stop = _stop_on_signals()
     worker = _rollup_worker(settings, engine, network, stop)
-    rollups = _Component("rollup", worker, stop) if worker else None
-    if rollups:
-        rollups.start()
+    cleaner = _retention_worker(settings, engine, stop)
+    background = [
+        _Component(name, target, stop)
+        for name, target in (("rollup", worker), ("retention", cleaner))
+        if target is not None
+    ]
+    for component in background:
+        component.start()
     stats = run_ingest(
         settings, endpoint, stop, engine=engine, client_id=client_id, metrics=metrics
     )
     stop.set()
-    if rollups:
-        rollups.join(timeout=STOP_TIMEOUT_S)
+    for component in background:
+        component.join(timeout=STOP_TIMEOUT_S)
     typer.echo(
         f"ingest stopped: {stats.messages} messages, {stats.readings_inserted} readings stored, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters"
@@ -664,6 +836,9 @@ def up_cmd(
     worker = _rollup_worker(settings, engine, network, stop)
     if worker:
         components.append(_Component("rollup", worker, stop))
+    cleaner = _retention_worker(settings, engine, stop)
+    if cleaner:
+        components.append(_Component("retention", cleaner, stop))
     if sim:
         from sim.publisher import run_live
         from sim.scenario import demo_scenario

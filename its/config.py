@@ -108,6 +108,31 @@ class Settings(BaseSettings):
         description="How often the roll-up worker inside `its up` and `its ingest` looks for "
         "dirty buckets; 0 runs no worker in that process (run `its db rollup` or another one).",
     )
+    # retention (docs/storage.md, Retention)
+    retention_raw_days: int = Field(
+        90,
+        ge=0,
+        le=100_000,
+        description="Raw readings older than this many days are deleted once rolled up (the "
+        "roll-ups are kept for ever); 0 keeps raw readings for ever. Ingest refuses readings "
+        "older than this.",
+    )
+    retention_dead_letter_days: int = Field(
+        30, ge=0, le=100_000, description="Dead letters older than this are deleted; 0 keeps all."
+    )
+    retention_interval_s: float = Field(
+        600.0,
+        ge=0,
+        le=86_400,
+        description="How often `its up` and `its ingest` run the retention clean-up; 0 runs none "
+        "in that process (run `its db retention` or another process).",
+    )
+    retention_batch_rows: int = Field(
+        5000,
+        ge=100,
+        le=1_000_000,
+        description="Rows the clean-up deletes per transaction (short, so ingest never waits long).",
+    )
     embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="0 picks a free port.")
     map_style: str = Field(
         "dark-bg",

@@ -239,6 +239,16 @@ def _validate_observation(data: Any, now: datetime | None, max_future_s: int) ->
     return obs
 
 
+def validate_observation(
+    data: Any, *, now: datetime | None = None, max_future_s: int = 300
+) -> Observation:
+    """Validate an observation already parsed (a line of an import file, a CSV row made into
+    one), raising :class:`PayloadError` with the same reasons as :func:`parse_observation`."""
+    if not isinstance(data, dict):
+        raise PayloadError("observation must be a JSON object")
+    return _validate_observation(data, now, max_future_s)
+
+
 def parse_observation(
     payload: bytes, *, now: datetime | None = None, max_future_s: int = 300
 ) -> Observation:

@@ -10,6 +10,7 @@ ITSError
 ├── NotFoundError        a station, segment or alert that does not exist
 ├── ConflictError        an action the current state forbids (acknowledging twice)
 ├── QueryError           a query that asks for too much or makes no sense (too many points)
+├── ImportFileError      an import file that cannot be read at all (format, CSV header)
 └── AuthError            identity problems (its/auth)
     ├── AuthenticationError  no, unknown, wrong, expired, revoked or throttled credentials (401)
     └── PermissionDenied     a known identity without the role or key scope for an action (403)
@@ -52,6 +53,11 @@ class NotFoundError(ITSError):
 
 class ConflictError(ITSError):
     """An action the current state forbids, such as acknowledging an acknowledged alert."""
+
+
+class ImportFileError(ITSError):
+    """An import file that cannot be read at all (unknown format, CSV header without the
+    documented columns); a bad *line* is a dead letter instead."""
 
 
 class QueryError(ITSError):

@@ -39,6 +39,7 @@ DEAD_LETTER_CLASSES: tuple[tuple[str, str], ...] = (
     ("json", "invalid JSON"),
     ("unknown_station", "unknown station"),
     ("lanes", "lanes; got lane"),
+    ("too_old", "older than the raw retention"),
 )
 OTHER = "schema"  # wrong types, missing fields, out-of-range values: the contract's schema
 

@@ -117,6 +117,11 @@ def test_ingest_metrics_count_exactly_what_came_through_mosquitto(
         ("internal error: KeyError: 'x'", "internal"),
         ("the store refused this message: DataError: ...", "store_refused"),
         ("period_s: Input should be a valid integer", "schema"),
+        (
+            "interval_start 2026-06-01T10:20:00Z is older than the raw retention "
+            "(ITS_RETENTION_RAW_DAYS=90: before 2026-06-01T12:00:00Z); ...",
+            "too_old",
+        ),
     ],
 )
 def test_dead_letter_reasons_fall_in_fixed_classes(reason: str, cls: str) -> None:

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from its.db import schema
+from its.db import horizon, schema
 from its.db.engine import BUCKET_ORIGIN
 from its.db.timebucket import time_bucket
 
@@ -283,6 +283,41 @@ def _claim(conn: Connection, limit: int) -> set[tuple[str, datetime]]:
     return {(s, b) for s, b in rows}
 
 
+def _cleaned_keys(conn: Connection, keys: set[tuple[str, datetime]]) -> set[tuple[str, datetime]]:
+    """Keys before the retention horizon (:mod:`its.db.horizon`) whose raw rows were deleted by
+    the clean-up: their 5-minute roll-up counted more lane rows than the raw rows now hold.
+
+    Recomputing such a key (a reading written straight into ``readings`` long after, or imported
+    with ``--accept-old``) would replace a complete roll-up by one of the few rows left, so it
+    is skipped. A key with no roll-up yet, or whose raw rows are all there (the clean-up deletes
+    a station's bucket whole, and only once rolled up), is recomputed as usual: that is how old
+    history imported for the first time gets its roll-ups."""
+    limit = horizon.recorded_horizon(conn)
+    old = {k for k in keys if limit is not None and k[1] < limit}
+    if not old:
+        return set()
+    five, r = schema.rollup_5m, schema.readings
+    out: set[tuple[str, datetime]] = set()
+    for lo, hi, stations in _clusters(old):
+        stored = conn.execute(
+            select(five.c.station_id, five.c.bucket_start, five.c.lane_rows)
+            .where(five.c.bucket_start >= lo, five.c.bucket_start < hi)
+            .where(five.c.station_id.in_(sorted(stations)))
+        )
+        for station, bucket, lane_rows in stored:
+            if (station, bucket) not in old:
+                continue
+            raw = conn.execute(
+                select(func.count())
+                .select_from(r)
+                .where(r.c.station_id == station)
+                .where(r.c.interval_start >= bucket, r.c.interval_start < bucket + FIVE_MIN)
+            ).scalar_one()
+            if raw < lane_rows:
+                out.add((station, bucket))
+    return out
+
+
 def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Write recomputed rows over the old ones (``ON CONFLICT DO UPDATE`` on the key): a keyed
     upsert, where deleting a batch of keys first would scan the table per key list."""
@@ -336,6 +371,14 @@ def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
             "roll-up: %d key(s) outside %s..%s skipped (their raw rows are kept)",
             len(claimed) - len(keys), ROLLUP_START.date(), ROLLUP_END.date(),
         )  # fmt: skip
+    cleaned = _cleaned_keys(conn, keys)
+    if cleaned:
+        log.warning(
+            "roll-up: %d key(s) before the retention horizon skipped: their raw rows were "
+            "cleaned up, so their roll-ups are final (the late rows go at the next clean-up)",
+            len(cleaned),
+        )
+        keys -= cleaned
     if not keys:
         return len(claimed)
     r = schema.readings
@@ -400,16 +443,47 @@ def catch_up(
     return total
 
 
-def rebuild(conn: Connection) -> None:
+def rebuild(conn: Connection, tz: str | None = None) -> None:
     """Forget every roll-up and log every key that has readings again: after a change of the
-    network's time zone, or after deleting raw rows that should leave the roll-ups too."""
+    network's time zone, or after deleting raw rows that should leave the roll-ups too.
+
+    Where the retention clean-up has deleted raw rows (a horizon is recorded), the 5-minute
+    roll-ups before the horizon are all that is left of that history: they are kept, and the
+    local hours and days (zone ``tz``, required then) are rebuilt from them; everything from the
+    horizon on is rebuilt from the raw rows as usual."""
     from its.db import rollup_sql
 
+    limit = horizon.recorded_horizon(conn)
+    if limit is not None and tz is None:
+        raise ValueError("raw rows were cleaned up: rebuilding needs the network's time zone")
     for level in LEVELS:
-        conn.execute(delete(level.table))
+        table = level.table
+        if level is LEVEL_5M and limit is not None:
+            conn.execute(delete(table).where(table.c.bucket_start >= limit))
+        else:
+            conn.execute(delete(table))
     for table in TARGET_TABLES.values():
-        conn.execute(delete(table))
+        if limit is not None:
+            conn.execute(delete(table).where(table.c.bucket_start >= limit))
+        else:
+            conn.execute(delete(table))
     conn.execute(delete(schema.rollup_dirty))
+    if limit is not None:
+        assert tz is not None
+        finer = LEVEL_5M
+        for level in (LEVEL_1H, LEVEL_1D):
+            # hours and days before the horizon from the kept 5-minute rows; one holding the
+            # horizon is summed whole again by the worker when its newer keys are processed
+            source = finer.table
+            bucket = time_bucket(level.width, source.c.bucket_start, tz)
+            sums = (
+                select(*sums_of_sums_columns(source, bucket))
+                .where(source.c.bucket_start < limit)
+                .group_by(source.c.station_id, bucket)
+            )
+            columns = ["station_id", "bucket_start", *SUM_COLUMNS, *MAX_COLUMNS]
+            conn.execute(insert(level.table).from_select(columns, sums))
+            finer = level
     rollup_sql.log_all_readings(conn)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.engine import Connection
 
 from its.contract import iso
-from its.db import rollup, schema
+from its.db import horizon, rollup, schema
 from its.db.timebucket import time_bucket
 from its.network import Network
 
@@ -221,14 +221,32 @@ def _pieces(
     return [*_pieces(start, lo, finer, tz), (level, lo, hi), *_pieces(hi, end, finer, tz)]
 
 
-def _dirty_since(conn: Connection, station_ids: Collection[str] | None) -> datetime | None:
-    """The oldest 5-minute bucket logged dirty (for these stations): roll-ups are exact before
-    it; from it on the raw rows answer."""
+def _dirty_since(
+    conn: Connection, station_ids: Collection[str] | None, raw_from: datetime | None = None
+) -> datetime | None:
+    """The oldest 5-minute bucket logged dirty (for these stations) at or after ``raw_from``
+    (the retention horizon): roll-ups are exact before it; from it on the raw rows answer."""
     d = schema.rollup_dirty
     stmt = select(func.min(d.c.bucket_start))
     if station_ids is not None:
         stmt = stmt.where(d.c.station_id.in_(sorted(station_ids)))
+    if raw_from is not None:
+        stmt = stmt.where(d.c.bucket_start >= raw_from)
     return conn.execute(stmt).scalar()
+
+
+def _beyond_retention(
+    start: datetime, end: datetime, raw_from: datetime | None
+) -> tuple[datetime, datetime]:
+    """The window with its edges before the retention horizon widened to whole 5-minute
+    buckets: raw rows there may be gone, so the roll-ups answer, at 5-minute resolution."""
+    if raw_from is None:
+        return start, end
+    if start < raw_from:
+        start = rollup.bucket_floor(start, rollup.FIVE_MIN, None)
+    if end < raw_from:
+        end = rollup.bucket_ceil(end, rollup.FIVE_MIN, None)
+    return start, end
 
 
 def station_sums_query(
@@ -257,7 +275,9 @@ def station_sums_query(
     raw_bucket = time_bucket(timedelta(seconds=bucket_s), schema.readings.c.interval_start, tz)
     if source == "raw":
         return _raw_piece(start, end, raw_bucket, station_ids)
-    dirty = _dirty_since(conn, station_ids)
+    raw_from = horizon.recorded_horizon(conn)
+    start, end = _beyond_retention(start, end, raw_from)
+    dirty = _dirty_since(conn, station_ids, raw_from)
     stored_end = max(start, min(end, dirty)) if dirty is not None else end
     pieces = _pieces(start, stored_end, _usable_levels(bucket_s), tz)
     if stored_end < end:
@@ -355,7 +375,9 @@ def _stored_targets(
 ) -> list[Interval]:
     """5-minute segment or corridor figures: whole buckets from the stored target roll-ups (up to
     the oldest dirty bucket), the rest through the station path."""
-    dirty = _dirty_since(conn, station_ids)
+    raw_from = horizon.recorded_horizon(conn)
+    start, end = _beyond_retention(start, end, raw_from)
+    dirty = _dirty_since(conn, station_ids, raw_from)
     stored_end = max(start, min(end, dirty)) if dirty is not None else end
     lo = rollup.bucket_ceil(start, rollup.FIVE_MIN, None)
     hi = rollup.bucket_floor(stored_end, rollup.FIVE_MIN, None)
