@@ -224,7 +224,9 @@ def test_lane_series_by_hand_and_against_the_station_series(small: Engine) -> No
         if i % 2 == 0:
             rows.append(_row("B", 2, t, 20, 60.0, occ=0.2))
     _write(small, rows)
-    app = create_app(Settings(_env_file=None, auth_anonymous_read=True), engine=small, network=SMALL)
+    app = create_app(
+        Settings(_env_file=None, auth_anonymous_read=True), engine=small, network=SMALL
+    )
     client = TestClient(app)
     r = client.get(
         "/api/v1/stations/B/lanes",
@@ -253,7 +255,9 @@ def test_lane_series_by_hand_and_against_the_station_series(small: Engine) -> No
 
 
 def test_lane_series_limits(small: Engine) -> None:
-    app = create_app(Settings(_env_file=None, auth_anonymous_read=True), engine=small, network=SMALL)
+    app = create_app(
+        Settings(_env_file=None, auth_anonymous_read=True), engine=small, network=SMALL
+    )
     client = TestClient(app)
     assert client.get("/api/v1/stations/NOPE/lanes").status_code == 404
     r = client.get(
@@ -354,7 +358,9 @@ def test_reliability_api_and_its_limits(
     assert client.get("/api/v1/reliability", params={"id": "NOPE"}).status_code == 404
 
 
-def test_measures_routes_need_identity(engine: Engine, network: Network, settings: Settings) -> None:
+def test_measures_routes_need_identity(
+    engine: Engine, network: Network, settings: Settings
+) -> None:
     client = TestClient(create_app(settings, engine=engine, network=network))
     for path in ("/api/v1/measures", "/api/v1/reliability", "/api/v1/stations/X/lanes"):
         assert client.get(path).status_code == 401, path
