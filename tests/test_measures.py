@@ -4,6 +4,7 @@ parameters and errors, and the views giving the API's numbers on SQLite and Post
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Iterator
@@ -204,6 +205,15 @@ def test_percentile_interpolates_like_percentile_cont() -> None:
     assert measures.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == pytest.approx(4.8)
     with pytest.raises(ValueError):
         measures.percentile([], 0.5)
+
+
+def test_bucket_hours_follow_local_days_and_the_window() -> None:
+    ny = dataclasses.replace(SMALL, timezone="America/New_York")
+    day = datetime(2026, 11, 1, 4, tzinfo=UTC)  # local midnight; clocks go back at 02:00
+    hours = measures.BucketHours(ny, 86400, day, day + timedelta(days=3))
+    assert hours[day] == 25.0 and hours[day + timedelta(hours=25)] == 24.0
+    cut = measures.BucketHours(SMALL, 300, T0 + timedelta(minutes=2), T0 + timedelta(minutes=8))
+    assert cut[T0] == pytest.approx(3 / 60) and cut[T0 + timedelta(minutes=5)] == 3 / 60
 
 
 def test_zero_flow_has_zero_vkt_vht_and_delay_but_no_travel_time() -> None:

@@ -136,7 +136,7 @@ def _round(value: float | int | None, digits: int) -> float | int | None:
 
 def length_km(segment: Segment) -> float:
     """The segment's length as stored (``segments.length_m``, rounded to 0.1 m), so the API and
-    the SQL views (its/db/views.py) use the same number."""
+    the SQL views (migration 0005) use the same number."""
     return round(segment.length_m, 1) / 1000.0
 
 
