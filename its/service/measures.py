@@ -421,7 +421,7 @@ def corridor_measures(
         tt_h = free_h + float(extra_h) if has_tt else None
         lanes = way.total_lanes
         values: dict[str, float | int | None] = {
-            "flow_vph": float(q_l) / float(l_flow),
+            "flow_vph": float(q_l) / float(l_flow) if l_flow else None,
             "speed_kph": way.length_km / tt_h if tt_h else None,
             "pct_observed": float(pct_lanes) / lanes if lanes else 0.0,
             "vkt_veh_km": float(q_l) * h,

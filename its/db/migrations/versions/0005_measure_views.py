@@ -6,7 +6,8 @@ equality is tested on SQLite and PostgreSQL in tests/test_measures.py): flow, sp
 % observed, VKT, VHT, delay against free flow and against 60 km/h, travel time and TTI per
 segment; and per corridor direction the same sums, with segments without a speed filled at free
 flow. The SQL is written once for both backends (CASE instead of GREATEST/LEAST, which SQLite
-lacks). Views are not in the SQLAlchemy metadata and alembic's autogenerate compares tables only,
+lacks; NULLIF where a degenerate zero-length segment would divide by zero). Views are not in the
+SQLAlchemy metadata and alembic's autogenerate compares tables only,
 so ``its db check`` ignores them; a change to a view is a new migration that re-creates it.
 
 Revision ID: 0005
@@ -78,13 +79,13 @@ FROM (
 V_CORRIDOR_5M = """
 CREATE VIEW v_corridor_5m AS
 SELECT s.corridor_id, s.direction, s.bucket_start,
-       sum(s.flow_vph * s.length_km) / sum(s.length_km) AS flow_vph,
+       sum(s.flow_vph * s.length_km) / NULLIF(sum(s.length_km), 0) AS flow_vph,
        CASE WHEN count(s.speed_kph) > 0
-            THEN d.length_km / ((d.free_flow_time_min + sum(CASE WHEN s.speed_kph IS NOT NULL
+            THEN d.length_km / NULLIF((d.free_flow_time_min + sum(CASE WHEN s.speed_kph IS NOT NULL
                  THEN 60.0 * s.length_km / s.speed_kph - 60.0 * s.length_km / s.free_flow_kph
-                 ELSE 0.0 END)) / 60.0)
+                 ELSE 0.0 END)) / 60.0, 0)
        END AS speed_kph,
-       sum(s.pct_observed * l.lanes) / d.lanes AS pct_observed,
+       sum(s.pct_observed * l.lanes) / NULLIF(d.lanes, 0) AS pct_observed,
        sum(s.vkt_veh_km) AS vkt_veh_km,
        CASE WHEN count(s.speed_kph) > 0
             THEN sum(CASE WHEN s.flow_vph = 0 THEN 0.0
@@ -107,7 +108,7 @@ SELECT s.corridor_id, s.direction, s.bucket_start,
        CASE WHEN count(s.speed_kph) > 0
             THEN (d.free_flow_time_min + sum(CASE WHEN s.speed_kph IS NOT NULL
                  THEN s.travel_time_min - s.free_flow_time_min ELSE 0.0 END))
-                 / d.free_flow_time_min
+                 / NULLIF(d.free_flow_time_min, 0)
        END AS tti,
        d.segments,
        count(s.speed_kph) AS segments_observed
