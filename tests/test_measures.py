@@ -452,3 +452,41 @@ def test_view_percentile_equals_reliability_on_postgresql(
     for day in days:
         mean, p95 = by_dir[day.direction]
         assert _close(day.tt_mean_min, mean) and _close(day.tt95_min, p95)
+
+
+def test_corridor_measures_equal_before_and_after_the_roll_up(
+    engine: Engine, network: Network
+) -> None:
+    """Raw rows (nothing rolled up), stored roll-ups and a ragged window's edges give the same
+    corridor figures; restricting to one corridor direction changes nothing in its rows."""
+    seed(engine, network, T0, 20, _mixed_speeds(network), stations=network.stations[::2])
+    spans = [
+        (T0, T0 + timedelta(minutes=20)),
+        (T0 + timedelta(seconds=150), T0 + timedelta(minutes=17)),
+    ]
+
+    def answers() -> list[list[measures.Measures]]:
+        with engine.connect() as conn:
+            return [
+                measures.corridor_measures(conn, network, a, b, bucket, threshold_kph=45.0)
+                for a, b in spans
+                for bucket in (300, 900)
+            ]
+
+    before = answers()
+    assert rollup.catch_up(engine, network.timezone) > 0
+    after = answers()
+    for x, y in zip(before, after, strict=True):
+        assert [(m.target_id, m.direction, m.bucket_start) for m in x] == [
+            (m.target_id, m.direction, m.bucket_start) for m in y
+        ]
+        for m, n in zip(x, y, strict=True):
+            _assert_same(m.values, n.values, {k: k for k in measures.CORRIDOR_MEASURES})
+    with engine.connect() as conn:
+        one = measures.corridor_measures(
+            conn, network, *spans[0], 300, corridor_ids=["SDR"], direction="S", threshold_kph=45.0
+        )
+    expected = [m for m in after[0] if (m.target_id, m.direction) == ("SDR", "S")]
+    assert len(one) == len(expected) > 0
+    for m, n in zip(one, expected, strict=True):
+        _assert_same(m.values, n.values, {k: k for k in measures.CORRIDOR_MEASURES})

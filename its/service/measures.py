@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Float, bindparam, case, cast, func, select
+from sqlalchemy import Float, bindparam, case, cast, func, select, union_all
 from sqlalchemy.engine import Connection
 
 from its import metrics
@@ -287,6 +287,50 @@ def _stations_of(network: Network, ways: Sequence[_Direction]) -> list[str]:
     return [st.station_id for st in network.stations if st.segment_id in segments]
 
 
+def _segment_sums(
+    conn: Connection,
+    network: Network,
+    start: datetime,
+    end: datetime,
+    bucket_s: int,
+    ways: Sequence[_Direction],
+    restrict: bool,
+) -> Any:
+    """Per segment and bucket sums (rollup.TARGET_COLUMNS) over [start, end), as
+    ``traffic.aggregate`` reads them at segment level: 5-minute buckets from the stored segment
+    roll-ups up to the oldest bucket not rolled up yet, the rest (and other widths) from the
+    station sums (roll-ups, and raw rows where they do not reach)."""
+    station_ids = _stations_of(network, ways) if restrict else None
+
+    def from_stations(a: datetime, b: datetime) -> Any:
+        tz = traffic.bucket_tz(network, bucket_s)
+        sums = traffic.station_sums_query(conn, a, b, bucket_s, tz=tz, station_ids=station_ids)
+        return rollup.target_sums_query(sums.subquery("station_sums"), "segment", bucket_s)
+
+    if bucket_s != FIVE_MIN_S:
+        return from_stations(start, end)
+    d = schema.rollup_dirty
+    oldest = select(func.min(d.c.bucket_start))
+    if station_ids is not None:
+        oldest = oldest.where(d.c.station_id.in_(sorted(station_ids)))
+    dirty = conn.execute(oldest).scalar()
+    stored_end = max(start, min(end, dirty)) if dirty is not None else end
+    lo = rollup.bucket_ceil(start, rollup.FIVE_MIN, None)
+    hi = rollup.bucket_floor(stored_end, rollup.FIVE_MIN, None)
+    if lo >= hi:
+        return from_stations(start, end)
+    t = rollup.TARGET_TABLES["segment"]
+    stored = select(*(t.c[name] for name in rollup.TARGET_COLUMNS)).where(
+        t.c.bucket_start >= lo, t.c.bucket_start < hi
+    )
+    if restrict:
+        stored = stored.where(
+            t.c.target_id.in_(sorted(s.segment_id for w in ways for s in w.segments))
+        )
+    pieces = [stored, *(from_stations(a, b) for a, b in ((start, lo), (hi, end)) if a < b)]
+    return pieces[0] if len(pieces) == 1 else union_all(*pieces)
+
+
 def corridor_sums_query(
     conn: Connection,
     network: Network,
@@ -308,12 +352,7 @@ def corridor_sums_query(
     bucket's hours and adds the direction's free-flow time (:func:`corridor_measures`).
     """
     st, sg = schema.stations, schema.segments
-    tz = traffic.bucket_tz(network, bucket_s)
-    station_ids = _stations_of(network, ways) if restrict else None
-    sums = traffic.station_sums_query(
-        conn, start, end, bucket_s, tz=tz, station_ids=station_ids
-    ).subquery("station_sums")
-    seg = rollup.target_sums_query(sums, "segment", bucket_s).subquery("segment_sums")
+    seg = _segment_sums(conn, network, start, end, bucket_s, ways, restrict).subquery("seg_sums")
     lanes = (
         select(st.c.segment_id, func.sum(st.c.lanes).label("lanes"))
         .group_by(st.c.segment_id)
@@ -321,37 +360,24 @@ def corridor_sums_query(
     )
     zero, one = cast(0.0, Float), cast(1.0, Float)
     length = sg.c.length_m / 1000.0
-    free = sg.c.free_flow_kph
+    free_pace = 1.0 / sg.c.free_flow_kph  # hours per km
     has_speed = seg.c.q_over_v > 0
-    speed = seg.c.q_speed / seg.c.q_over_v
-    v_eff = case((has_speed, speed), else_=free)
-    flow = seg.c.flow / seg.c.stations
-    threshold = bindparam("threshold_kph", threshold_kph, type_=Float)
     default_expected = max(bucket_s / traffic.DEFAULT_PERIOD_S, 1.0)
     expected = (lanes.c.lanes - seg.c.lanes_reporting) * default_expected + seg.c.expected_own
     share = 100.0 * seg.c.lane_rows / expected
     pct = case((expected <= 0, zero), (share > 100.0, cast(100.0, Float)), else_=share)
-
-    def positive(x: Any) -> Any:
-        return case((x > 0, x), else_=zero)
-
-    stmt = (
+    # each segment's terms once (pace = 1 / v in h/km, free flow where it has no speed)
+    terms = (
         select(
             sg.c.corridor_id,
             sg.c.direction,
             seg.c.bucket_start,
-            func.sum(flow * length).label("q_l"),
-            func.sum(length).label("l_flow"),
-            func.sum(flow * length / v_eff).label("q_l_over_v"),
-            func.sum(
-                case((has_speed, flow * positive(length / speed - length / free)), else_=zero)
-            ).label("delay_ff"),
-            func.sum(flow * positive(length / v_eff - length / threshold)).label("delay_t"),
-            func.sum(case((has_speed, length / speed - length / free), else_=zero)).label(
-                "extra_h"
-            ),
-            func.sum(case((has_speed, one), else_=zero)).label("observed"),
-            func.sum(pct * lanes.c.lanes).label("pct_lanes"),
+            (seg.c.flow / seg.c.stations * length).label("q_l"),
+            length.label("l"),
+            case((has_speed, seg.c.q_over_v / seg.c.q_speed), else_=free_pace).label("pace"),
+            free_pace.label("free_pace"),
+            case((has_speed, one), else_=zero).label("observed"),
+            (pct * lanes.c.lanes).label("pct_lanes"),
         )
         .select_from(
             seg.join(sg, sg.c.segment_id == seg.c.target_id).join(
@@ -359,14 +385,29 @@ def corridor_sums_query(
             )
         )
         .where(seg.c.stations > 0)
-        .group_by(sg.c.corridor_id, sg.c.direction, seg.c.bucket_start)
     )
     if restrict:
-        keys = sorted({w.corridor_id for w in ways})
-        stmt = stmt.where(sg.c.corridor_id.in_(keys))
-        directions = sorted({w.direction for w in ways})
-        stmt = stmt.where(sg.c.direction.in_(directions))
-    return stmt
+        terms = terms.where(sg.c.corridor_id.in_(sorted({w.corridor_id for w in ways})))
+        terms = terms.where(sg.c.direction.in_(sorted({w.direction for w in ways})))
+    t = terms.subquery("segment_terms")
+    threshold_pace = 1.0 / bindparam("threshold_kph", threshold_kph, type_=Float)
+
+    def positive(x: Any) -> Any:
+        return case((x > 0, x), else_=zero)
+
+    return select(
+        t.c.corridor_id,
+        t.c.direction,
+        t.c.bucket_start,
+        func.sum(t.c.q_l).label("q_l"),
+        func.sum(t.c.l).label("l_flow"),
+        func.sum(t.c.q_l * t.c.pace).label("q_l_over_v"),
+        func.sum(t.c.q_l * positive(t.c.pace - t.c.free_pace)).label("delay_ff"),
+        func.sum(t.c.q_l * positive(t.c.pace - threshold_pace)).label("delay_t"),
+        func.sum(t.c.l * (t.c.pace - t.c.free_pace)).label("extra_h"),
+        func.sum(t.c.observed).label("observed"),
+        func.sum(t.c.pct_lanes).label("pct_lanes"),
+    ).group_by(t.c.corridor_id, t.c.direction, t.c.bucket_start)
 
 
 def corridor_measures(
