@@ -1,7 +1,10 @@
 """PeMS performance measures per segment and corridor direction, and daily travel-time reliability.
 
-Built on :func:`its.service.traffic.aggregate` at segment level (which reads the roll-ups), so a
-measure is always consistent with the flow and speed the API and dashboard show. Per segment and
+Built on the segment figures of :func:`its.service.traffic.aggregate` (which reads the
+roll-ups), so a measure is always consistent with the flow and speed the API and dashboard show:
+segment measures apply the formulas below to its rows; corridor measures read the same segment
+sums and add them up per direction in SQL (:func:`corridor_sums_query`), since a city's day at
+5 minutes is half a million segment figures, too many for Python. Per segment and
 bucket, with q the mean station flow [veh/h], v the harmonic mean speed [km/h], L the segment's
 stored length [km] (``segments.length_m``, 0.1 m), v_f its free-flow speed, V_t the threshold
 speed and h the hours of the bucket inside the queried window (GUIDE section 5):
@@ -236,7 +239,9 @@ def segment_measures(
 
 
 @dataclass(frozen=True)
-class _Direction:
+class CorridorDirection:
+    """One corridor in one direction of travel: the unit of corridor measures."""
+
     corridor_id: str
     direction: str
     segments: tuple[Segment, ...]
@@ -259,7 +264,7 @@ def corridor_directions(
     network: Network,
     corridor_ids: Collection[str] | None = None,
     direction: str | None = None,
-) -> list[_Direction]:
+) -> list[CorridorDirection]:
     """The corridor directions asked for, each with its segments in driving order."""
     lanes: dict[str, int] = defaultdict(int)
     for st in network.stations:
@@ -272,7 +277,7 @@ def corridor_directions(
             continue
         groups[(seg.corridor_id, seg.direction)].append(seg)
     return [
-        _Direction(
+        CorridorDirection(
             c,
             d,
             tuple(sorted(segs, key=lambda s: s.seq)),
@@ -282,7 +287,7 @@ def corridor_directions(
     ]
 
 
-def _stations_of(network: Network, ways: Sequence[_Direction]) -> list[str]:
+def _stations_of(network: Network, ways: Sequence[CorridorDirection]) -> list[str]:
     segments = {s.segment_id for w in ways for s in w.segments}
     return [st.station_id for st in network.stations if st.segment_id in segments]
 
@@ -293,7 +298,7 @@ def _segment_sums(
     start: datetime,
     end: datetime,
     bucket_s: int,
-    ways: Sequence[_Direction],
+    ways: Sequence[CorridorDirection],
     restrict: bool,
 ) -> Any:
     """Per segment and bucket sums (rollup.TARGET_COLUMNS) over [start, end), as
@@ -337,7 +342,7 @@ def corridor_sums_query(
     start: datetime,
     end: datetime,
     bucket_s: int,
-    ways: Sequence[_Direction],
+    ways: Sequence[CorridorDirection],
     threshold_kph: float,
     *,
     restrict: bool,
