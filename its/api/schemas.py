@@ -235,3 +235,81 @@ class Health(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# --------------------------------------------------------------------------- performance measures
+
+
+class MeasuresRow(BaseModel):
+    """One segment, or corridor direction, and bucket; only the ``measures`` picked are present."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(description="Segment or corridor id")
+    direction: str | None = Field(None, description="Corridor rows: the direction of travel")
+    bucket_start: datetime
+    flow_vph: float | None = Field(None, description="Segment: mean station flow; corridor: "
+                                   "length-weighted mean of its segments' flows, veh/h")  # fmt: skip
+    speed_kph: float | None = Field(None, description="Corridor: space-mean speed, length / "
+                                    "travel time")  # fmt: skip
+    occupancy: float | None = Field(None, description="Segments only")
+    pct_observed: float | None = None
+    vkt_veh_km: float | None = Field(None, description="Vehicle-kilometres travelled, q L h")
+    vht_veh_h: float | None = Field(None, description="Vehicle-hours travelled, q L h / v")
+    delay_ff_veh_h: float | None = Field(None, description="q h max(0, L/v - L/v_free)")
+    delay_veh_h: float | None = Field(None, description="q h max(0, L/v - L/threshold)")
+    travel_time_min: float | None = Field(None, description="L / v, minutes")
+    free_flow_time_min: float | None = Field(None, description="L / v_free, minutes")
+    tti: float | None = Field(None, description="Travel time / free-flow travel time")
+    segments: int | None = Field(None, description="Corridor: segments in the direction")
+    segments_observed: int | None = Field(None, description="Corridor: segments with a speed")
+
+
+class MeasuresOut(BaseModel):
+    level: Literal["segment", "corridor"]
+    bucket: str
+    start: datetime
+    end: datetime
+    threshold_kph: float
+    measures: list[str]
+    rows: list[MeasuresRow]
+
+
+class ReliabilityRow(BaseModel):
+    id: str = Field(description="Corridor id")
+    direction: str
+    day: str = Field(description="Local date in the network's time zone")
+    day_start: datetime
+    buckets: int = Field(description="5-minute travel times in the day")
+    pct_observed: float
+    free_flow_time_min: float
+    tt_mean_min: float | None
+    tt95_min: float | None = Field(description="95th percentile (linear interpolation)")
+    tti_mean: float | None
+    buffer_index: float | None = Field(description="(TT95 - TTmean) / TTmean")
+    planning_time_index: float | None = Field(description="TT95 / TTfree")
+
+
+class ReliabilityOut(BaseModel):
+    start: datetime
+    end: datetime
+    timezone: str
+    rows: list[ReliabilityRow]
+
+
+class LanePointOut(BaseModel):
+    lane: int
+    bucket_start: datetime
+    flow_vph: float | None = Field(description="Lane flow, veh/h, mean over observed intervals")
+    speed_kph: float | None = Field(description="Flow-weighted harmonic mean (single loop: "
+                                    "estimated from occupancy)")  # fmt: skip
+    occupancy: float | None
+    pct_observed: float = Field(description="Intervals observed / expected, in percent")
+
+
+class LaneSeries(BaseModel):
+    station_id: str
+    lanes: int
+    bucket: str
+    start: datetime
+    end: datetime
+    points: list[LanePointOut]

@@ -16,9 +16,9 @@ from its.api.params import (
     check_points,
     time_window,
 )
-from its.api.schemas import ErrorOut, StationOut, StationSeries
-from its.errors import NotFoundError
-from its.service import live, traffic
+from its.api.schemas import ErrorOut, LaneSeries, StationOut, StationSeries
+from its.errors import NotFoundError, QueryError
+from its.service import lanes, live, traffic
 
 router = APIRouter(prefix="/stations", tags=["stations"])
 
@@ -71,4 +71,42 @@ def station_series(
         "start": start,
         "end": end,
         "points": points,
+    }
+
+
+@router.get(
+    "/{station_id}/lanes",
+    response_model=LaneSeries,
+    responses={404: {"model": ErrorOut}, 400: {"model": ErrorOut}},
+    summary="One station's flow, speed and occupancy per lane and bucket (raw readings)",
+)
+def station_lanes(
+    conn: ConnDep,
+    network: NetworkDep,
+    station_id: Annotated[Identifier, Path(examples=["JKT-SDR-N-012"])],
+    start: Annotated[Timestamp | None, Query(description=START_DOC)] = None,
+    end: Annotated[Timestamp | None, Query(description=END_DOC)] = None,
+    bucket: Bucket = Bucket.m5,
+) -> dict:
+    """Read from the raw readings (roll-ups keep station sums only): at most 31 days, and
+    nothing beyond the raw retention. Hourly and daily buckets follow the network's local time."""
+    station = next((s for s in network.stations if s.station_id == station_id), None)
+    if station is None:
+        raise NotFoundError(f"no station {station_id!r}")
+    start, end = time_window(conn, start, end)
+    if end - start > lanes.MAX_LANE_WINDOW:
+        raise QueryError(
+            f"a lane series reads raw readings: at most {lanes.MAX_LANE_WINDOW.days} days per "
+            f"request (asked {end - start})"
+        )
+    check_points(start, end, bucket.seconds, station.lanes)
+    tz = traffic.bucket_tz(network, bucket.seconds)
+    points = lanes.lane_series(conn, station, start, end, bucket.seconds, tz)
+    return {
+        "station_id": station_id,
+        "lanes": station.lanes,
+        "bucket": bucket.value,
+        "start": start,
+        "end": end,
+        "points": [p.to_dict() for p in points],
     }
