@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from contextlib import nullcontext
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -112,39 +111,60 @@ def export_cmd(
     start_t, end_t = _time(start, "--start"), _time(end, "--end")
     engine, network = _migrated_store(_settings())
     try:
-        with engine.connect() as conn:
-            lo, hi = time_window(conn, start_t, end_t)
-        req = check_request(
-            network, ExportLevel(level.value), Bucket(bucket.value) if bucket else None, lo, hi, ids
+        try:
+            with engine.connect() as conn:
+                lo, hi = time_window(conn, start_t, end_t)
+            req = check_request(
+                network,
+                ExportLevel(level.value),
+                Bucket(bucket.value) if bucket else None,
+                lo,
+                hi,
+                ids,
+            )
+        except (QueryError, NotFoundError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        bar = Progress(
+            TextColumn("exporting"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}% of the window, {task.fields[rows]:,} rows"),
+            TimeRemainingColumn(),
+            disable=not (progress and sys.stderr.isatty()),
         )
-    except (QueryError, NotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    span = (hi - lo).total_seconds()
-    rows = [0]
-    bar = Progress(
-        TextColumn("exporting"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}% of the window, {task.fields[rows]:,} rows"),
-        TimeRemainingColumn(),
-        disable=not (progress and sys.stderr.isatty()),
-    )
-    task = bar.add_task("export", total=span, rows=0)
+        task = bar.add_task("export", total=(hi - lo).total_seconds(), rows=0)
+        rows = [0]
 
-    def advance(until: datetime, n: int) -> None:
-        rows[0] += n
-        bar.update(task, completed=(until - lo).total_seconds(), rows=rows[0])
+        def advance(until: datetime, n: int) -> None:
+            rows[0] += n
+            bar.update(task, completed=(until - lo).total_seconds(), rows=rows[0])
 
-    target = output.open("wb") if output else nullcontext(typer.get_binary_stream("stdout"))
-    with bar, target as out:
-        _write(out, export_bytes(engine, network, req, fmt, progress=advance))
-    engine.dispose()
-    where = str(output) if output else "standard output"
+        with bar:
+            pieces = export_bytes(engine, network, req, fmt, progress=advance)
+            if output is None:
+                _write(typer.get_binary_stream("stdout"), pieces)
+            else:
+                _write_file(output, pieces)
+    finally:
+        engine.dispose()
     typer.echo(
         f"exported {rows[0]} rows ({req.level}, {lo.astimezone(UTC).isoformat()} .. "
-        f"{hi.astimezone(UTC).isoformat()}) as {fmt.value} to {where}",
+        f"{hi.astimezone(UTC).isoformat()}) as {fmt.value} to {output or 'standard output'}",
         err=True,
     )
+
+
+def _write_file(path: Path, pieces: Iterable[bytes]) -> None:
+    """Write to ``path.part`` and rename it when complete: an export that fails half-way
+    leaves no truncated file under the name asked for."""
+    part = path.with_name(path.name + ".part")
+    try:
+        with part.open("wb") as out:
+            _write(out, pieces)
+        part.replace(path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _write(out: BinaryIO, pieces: Iterable[bytes]) -> None:

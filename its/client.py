@@ -9,7 +9,7 @@
 
 Answers are pandas DataFrames when pandas is installed (``pip install its-monitor[analysis]``),
 lists of dicts otherwise, so the client works in a bare environment too. Times in DataFrames are
-``datetime64[ns, UTC]``; in dicts they are the API's ISO 8601 text. An error answer raises
+UTC datetimes; in dicts they are the API's ISO 8601 text. An error answer raises
 :class:`APIError` with the API's status and ``detail``.
 """
 
