@@ -425,6 +425,19 @@ def test_client_returns_dataframes(served: str, key: str, network: Network) -> N
     assert refused.value.status == 401
 
 
+def test_pandas_reads_an_export_url(served: str, key: str) -> None:
+    """The docs' pandas example: the export URL straight into read_parquet / read_csv."""
+    import pandas as pd
+
+    url = f"{served}/api/v1/export?level=segment&bucket=15m&start={START:%Y-%m-%dT%H:%M:%SZ}"
+    url += f"&end={END:%Y-%m-%dT%H:%M:%SZ}"
+    frame = pd.read_parquet(url + "&format=parquet", storage_options={"X-API-Key": key})
+    text = pd.read_csv(url, storage_options={"X-API-Key": key}, parse_dates=["bucket_start"])
+    assert len(frame) == len(text) > 0
+    assert list(frame["id"]) == list(text["id"])
+    assert (frame["bucket_start"] == text["bucket_start"]).all()
+
+
 def test_client_without_pandas_returns_dicts_and_saves_files(
     served: str, seeded: Engine, key: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
