@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 import threading
 import uuid
 import zlib
@@ -423,6 +424,55 @@ def test_client_returns_dataframes(served: str, key: str, network: Network) -> N
     with Client(served) as nobody, pytest.raises(APIError) as refused:
         nobody.network()
     assert refused.value.status == 401
+
+
+def _held_export(base: str, key: str, query: str) -> socket.socket:
+    """An export request whose client reads nothing: a tiny receive window, so the server is
+    held mid-stream once the kernel's buffers are full (the export is larger than they are)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /api/v1/export?{query} HTTP/1.1\r\nHost: {host}\r\n"
+                 f"X-API-Key: {key}\r\n\r\n".encode())  # fmt: skip
+    assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def test_exports_beyond_the_concurrency_limit_get_429(
+    pg_engine: Engine, network: Network, tmp_path: Any
+) -> None:
+    """One slot: a second export while the first streams is refused; the slot comes back when
+    the first client goes away mid-stream (no leak: the read transaction and its server-side
+    cursor end too), and after a complete export."""
+    import httpx2 as httpx
+    import uvicorn
+
+    seed(pg_engine, network, T0, 60, _speed)  # ~35,000 readings: 6 MB of NDJSON
+    key = add_key(pg_engine, "read")
+    settings = Settings(_env_file=None, data_dir=tmp_path, export_max_concurrent=1)
+    app = create_app(settings, engine=pg_engine, network=network)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn to start")
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        window = f"start={T0:%Y-%m-%dT%H:%M:%SZ}&end={T0 + timedelta(hours=1):%Y-%m-%dT%H:%M:%SZ}"
+        query = f"level=readings&format=ndjson&{window}"
+        with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as http:
+            held = _held_export(base, key, query)
+            second = http.get(f"/api/v1/export?{query}")
+            assert second.status_code == 429 and second.headers["retry-after"] == "30"
+            assert "ITS_EXPORT_MAX_CONCURRENT" in second.json()["detail"]
+            held.close()  # the client goes away mid-stream
+            wait_for(lambda: http.get(f"/api/v1/export?{query}").status_code == 200,
+                     what="the abandoned export's slot")  # fmt: skip
+            complete = http.get(f"/api/v1/export?{query}")
+            assert complete.status_code == 200 and complete.content.count(b"\n") > 30_000
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_pandas_reads_an_export_url(served: str, key: str) -> None:

@@ -234,10 +234,13 @@ def reading_chunks(
             query.where(r.c.interval_start >= lo, r.c.interval_start < hi)
         )
         count = 0
-        for part in result.partitions():
-            rows = [tuple(row) for row in part]
-            count += len(rows)
-            yield Chunk(rows, hi)
+        try:
+            for part in result.partitions():
+                rows = [tuple(row) for row in part]
+                count += len(rows)
+                yield Chunk(rows, hi)
+        finally:
+            result.close()  # a stopped export closes its server-side cursor now, not at GC
         if progress is not None:
             progress(hi, count)
         try:

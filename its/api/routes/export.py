@@ -9,14 +9,18 @@ response (a missing final chunk), never as a well-formed but partial file.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.engine import Connection
+from starlette.concurrency import run_in_threadpool
 
-from its.api.deps import EngineDep, NetworkDep, get_conn
+from its.api.deps import EngineDep, NetworkDep, SettingsDep, get_conn
 from its.api.params import (
     END_DOC,
     MAX_IDS,
@@ -40,6 +44,54 @@ DEFAULT_BUCKET = Bucket.m15
 # The checks' connection goes back to the pool when the handler returns (scope="function"), not
 # when the stream ends: the stream reads on a connection of its own.
 CheckConn = Annotated[Connection, Depends(get_conn, scope="function")]
+
+
+RETRY_AFTER_S = 30
+_slots_lock = threading.Lock()
+
+
+def export_slots(request: Request, settings: SettingsDep) -> threading.BoundedSemaphore:
+    """The app's export slots (``ITS_EXPORT_MAX_CONCURRENT``): each export holds a database
+    connection while it streams, so a crowd of them must not take the pool from everyone else."""
+    state = request.app.state
+    with _slots_lock:
+        slots = getattr(state, "export_slots", None)
+        if slots is None:
+            slots = state.export_slots = threading.BoundedSemaphore(settings.export_max_concurrent)
+    return slots
+
+
+def _finish(pieces: Iterator[bytes], slots: threading.BoundedSemaphore) -> None:
+    try:
+        pieces.close()  # ends the export's read transaction and returns its connection
+    except ValueError:  # pragma: no cover - "generator already executing": a thread still reads
+        pass
+    slots.release()
+
+
+class _Stream:
+    """The response body: reads ``pieces`` in the thread pool and, exactly once, closes them and
+    gives the slot back: when the stream ends or fails, when the server cancels it (the client
+    went away: the read in progress finishes first, anyio does not abandon the thread), or,
+    were it dropped before its first piece, when it is garbage-collected."""
+
+    def __init__(self, pieces: Iterator[bytes], slots: threading.BoundedSemaphore) -> None:
+        self._pieces = pieces
+        self._done = weakref.finalize(self, _finish, pieces, slots)
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            piece = await run_in_threadpool(next, self._pieces, None)
+        except BaseException:
+            self._done()
+            raise
+        if piece is None:
+            self._done()
+            raise StopAsyncIteration
+        return piece
 
 
 def known_ids(network: Network, level: ExportLevel) -> set[str]:
@@ -98,6 +150,7 @@ def filename(req: ExportRequest, fmt: Format) -> str:
         },
         400: {"model": ErrorOut},
         404: {"model": ErrorOut},
+        429: {"model": ErrorOut, "description": "ITS_EXPORT_MAX_CONCURRENT exports running"},
     },
     summary="Stream aggregates or raw readings as CSV, NDJSON or Parquet (no point limit)",
 )
@@ -105,6 +158,7 @@ def get_export(
     conn: CheckConn,
     engine: EngineDep,
     network: NetworkDep,
+    slots: Annotated[threading.BoundedSemaphore, Depends(export_slots)],
     level: ExportLevel = ExportLevel.segment,
     bucket: Annotated[
         Bucket | None,
@@ -128,8 +182,15 @@ def get_export(
     a time slice at a time. On PostgreSQL the whole export reads one snapshot."""
     start, end = time_window(conn, start, end)
     req = check_request(network, level, bucket, start, end, ids)
+    if not slots.acquire(blocking=False):
+        raise HTTPException(
+            429,
+            detail="too many exports running at once (ITS_EXPORT_MAX_CONCURRENT): retry in a "
+            "moment",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return StreamingResponse(
-        export_bytes(engine, network, req, format),
+        _Stream(export_bytes(engine, network, req, format), slots),
         media_type=MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="{filename(req, format)}"'},
     )
