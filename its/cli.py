@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from its.cli_auth import audit_cmd, keys_app, signin_url, users_app
+from its.cli_export import export_cmd
 from its.config import MqttEndpoint, Settings, get_settings
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.command("audit")(audit_cmd)
 app.add_typer(mqtt_app, name="mqtt")
+app.command("export")(export_cmd)
 
 log = logging.getLogger("its")
 STOP_TIMEOUT_S = 30.0  # how long `its up` waits for its components to finish after Ctrl-C

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     network_file: Path | None = Field(
         None, description="GeoJSON road network to load; unset means the bundled Jakarta sample."
     )
+    export_max_concurrent: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Exports (GET /api/v1/export) one web process streams at once; more get a "
+        "429. Each holds a database connection while it streams.",
+    )
     ingest_batch_size: int = Field(1000, ge=1, le=100_000)
     ingest_batch_seconds: float = Field(0.5, gt=0, le=60)
     ingest_idle_flush_s: float = Field(

@@ -154,3 +154,12 @@ def check_points(start: datetime, end: datetime, bucket_s: int, targets: int) ->
             f"targets), more than the limit of {MAX_POINTS}: use a shorter window, a wider "
             "bucket or fewer targets"
         )
+
+
+class ExportLevel(StrEnum):
+    """What ``/export`` and ``its export`` write: aggregates per target, or the raw readings."""
+
+    station = "station"
+    segment = "segment"
+    corridor = "corridor"
+    readings = "readings"
