@@ -349,7 +349,8 @@ rollup_dirty = Table(
     Column("station_id", String(64), nullable=False),
     Column("bucket_start", UTCDateTime, nullable=False, comment="5-minute bucket to recompute"),
     Column("marked_at", UTCDateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
-    Index("ix_rollup_dirty_bucket_start", "bucket_start"),
+    # (bucket, station): the SQLite triggers look a key up before logging it (migration 0005)
+    Index("ix_rollup_dirty_bucket_station", "bucket_start", "station_id"),
     comment="Log of (station, 5-min bucket) keys whose raw readings changed (written by triggers "
     "on readings); the roll-up worker recomputes and deletes them.",
 )
