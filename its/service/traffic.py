@@ -16,10 +16,10 @@ bucket and backend uses the same ones:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import func, literal, select, union_all
@@ -31,6 +31,29 @@ from its.db.timebucket import time_bucket
 from its.network import Network
 
 DEFAULT_PERIOD_S = 30
+
+
+#: One target over one bucket as a plain tuple, in :class:`Interval`'s field order: what
+#: :func:`aggregate_rows` returns (a tuple costs a fraction of a frozen dataclass, and an answer
+#: can be 60,000 rows).
+IntervalRow = tuple[str, datetime, float | None, float | None, float | None, float]
+
+
+def _point(
+    bucket_iso: str | None,
+    speed: float | None,
+    flow: float | None,
+    occupancy: float | None,
+    pct: float,
+) -> dict[str, Any]:
+    """The JSON form of one point of a series: the one place its rounding is written."""
+    return {
+        "bucket_start": bucket_iso,
+        "speed_kph": None if speed is None else round(speed, 1),
+        "flow_vph": None if flow is None else round(flow, 1),
+        "occupancy": None if occupancy is None else round(occupancy, 4),
+        "pct_observed": round(pct, 1),
+    }
 
 
 @dataclass(frozen=True)
@@ -46,17 +69,28 @@ class Interval:
 
     def to_point(self) -> dict[str, Any]:
         """The JSON form of one point of a series (the target is implied)."""
-        return {
-            "bucket_start": iso(self.bucket_start),
-            "speed_kph": round_or_none(self.speed_kph),
-            "flow_vph": round_or_none(self.flow_vph),
-            "occupancy": round_or_none(self.occupancy, 4),
-            "pct_observed": round(self.pct_observed, 1),
-        }
+        return _point(
+            iso(self.bucket_start), self.speed_kph, self.flow_vph, self.occupancy,
+            self.pct_observed,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of one aggregate row, with the target's id."""
         return {"id": self.target_id, **self.to_point()}
+
+
+def row_dicts(rows: list[IntervalRow], *, with_id: bool = True) -> list[dict[str, Any]]:
+    """:meth:`Interval.to_dict` (or ``to_point`` without the id) of many rows at once, writing
+    each bucket's time once: thousands of rows share a few hundred buckets."""
+    isos: dict[datetime, str | None] = {}
+    out = []
+    for target, bucket, speed, flow, occupancy, pct in rows:
+        text = isos.get(bucket)
+        if text is None:
+            text = isos[bucket] = iso(bucket)
+        point = _point(text, speed, flow, occupancy, pct)
+        out.append({"id": target, **point} if with_id else point)
+    return out
 
 
 @dataclass(frozen=True)
@@ -292,7 +326,7 @@ def _intervals(
     level: str,
     bucket_s: float,
     target_ids: Collection[str] | None = None,
-) -> list[Interval]:
+) -> list[IntervalRow]:
     """Apply the handbook's formulas to per-target sums (rollup.TARGET_COLUMNS): the one place
     they are written, whether the sums were stored by the worker or summed for this query.
 
@@ -303,32 +337,42 @@ def _intervals(
     c = query.selected_columns
     if target_ids is not None:
         query = query.where(c.target_id.in_(sorted(target_ids)))
-    lanes_of = _target_lanes(network, level)
+    lanes_of = network.target_lanes[level]
     default_expected = max(bucket_s / DEFAULT_PERIOD_S, 1.0)
     buckets: dict[Any, datetime] = {}  # many targets share a bucket: convert each once
-    out = []
+    out: list[IntervalRow] = []
+    append = out.append
+    # ordered by the database so the final sort (kept: it defines the order on every
+    # backend) runs over sorted input
+    query = query.with_only_columns(*(c[name] for name in rollup.TARGET_COLUMNS)).order_by(
+        c.bucket_start, c.target_id
+    )
     for target, b, flow, n, q_speed, q_over_v, occ, occ_n, seen, exp_own, lanes in conn.execute(
-        query.with_only_columns(*(c[name] for name in rollup.TARGET_COLUMNS))
+        query
     ):
-        if target not in lanes_of:
+        all_lanes = lanes_of.get(target)
+        if all_lanes is None:
             continue
         bucket = buckets.get(b)
         if bucket is None:
             bucket = buckets[b] = _as_utc(conn, b)
         q_over_v, occ_n = float(q_over_v), int(occ_n)
-        expected = (lanes_of[target] - int(lanes)) * default_expected + float(exp_own)
-        out.append(
-            Interval(
-                target_id=target,
-                bucket_start=bucket,
-                speed_kph=float(q_speed) / q_over_v if q_over_v > 0 else None,
-                flow_vph=float(flow) / n if n else None,
-                occupancy=float(occ) / occ_n if occ_n else None,
-                pct_observed=min(100.0, 100.0 * int(seen) / expected) if expected else 0.0,
+        expected = (all_lanes - int(lanes)) * default_expected + float(exp_own)
+        append(
+            (
+                target,
+                bucket,
+                float(q_speed) / q_over_v if q_over_v > 0 else None,
+                float(flow) / n if n else None,
+                float(occ) / occ_n if occ_n else None,
+                min(100.0, 100.0 * int(seen) / expected) if expected else 0.0,
             )
         )
-    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+    out.sort(key=_ORDER)
     return out
+
+
+_ORDER = itemgetter(1, 0)  # bucket, then target
 
 
 def _roll_up(
@@ -338,7 +382,7 @@ def _roll_up(
     level: str,
     bucket_s: float,
     target_ids: Collection[str] | None = None,
-) -> list[Interval]:
+) -> list[IntervalRow]:
     """Roll station sums up to stations, segments or corridors in SQL, then apply the formulas."""
     query = rollup.target_sums_query(sums.subquery("station_sums"), level, bucket_s)
     return _intervals(conn, query, network, level, bucket_s, target_ids)
@@ -352,7 +396,7 @@ def _stored_targets(
     end: datetime,
     target_ids: Collection[str] | None,
     station_ids: Collection[str] | None,
-) -> list[Interval]:
+) -> list[IntervalRow]:
     """5-minute segment or corridor figures: whole buckets from the stored target roll-ups (up to
     the oldest dirty bucket), the rest through the station path."""
     dirty = _dirty_since(conn, station_ids)
@@ -372,26 +416,8 @@ def _stored_targets(
         if a < b:
             sums = station_sums_query(conn, a, b, 300, station_ids=station_ids)
             out += _roll_up(conn, sums, network, level, 300, target_ids)
-    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+    out.sort(key=_ORDER)
     return out
-
-
-def _target_lanes(network: Network, level: str) -> dict[str, int]:
-    """Each target's lanes over all its stations: the denominator of % observed."""
-    seg_of = {s.station_id: s.segment_id for s in network.stations}
-    corridor = {s.segment_id: s.corridor_id for s in network.segments}
-    out: dict[str, int] = defaultdict(int)
-    for st in network.stations:
-        if level == "station":
-            key = st.station_id
-        elif level == "segment":
-            key = seg_of[st.station_id]
-        elif level == "corridor":
-            key = corridor[seg_of[st.station_id]]
-        else:
-            raise ValueError(f"unknown level {level!r}")
-        out[key] += st.lanes
-    return dict(out)
 
 
 def bucket_tz(network: Network, bucket_s: int) -> str | None:
@@ -405,13 +431,38 @@ def _stations_of(
 ) -> Collection[str] | None:
     if target_ids is None:
         return None
-    wanted = set(target_ids)
-    if level == "station":
-        return wanted
-    if level == "segment":
-        return [s.station_id for s in network.stations if s.segment_id in wanted]
-    segs = {s.segment_id for s in network.segments if s.corridor_id in wanted}
-    return [s.station_id for s in network.stations if s.segment_id in segs]
+    groups = network.station_groups[level]
+    return sorted({s for t in set(target_ids) for s in groups.get(t, ())})
+
+
+def aggregate_rows(
+    conn: Connection,
+    network: Network,
+    level: str,
+    start: datetime,
+    end: datetime,
+    bucket_s: int,
+    *,
+    target_ids: Collection[str] | None = None,
+    source: str = "rollup",
+) -> list[IntervalRow]:
+    """:func:`aggregate`'s rows as plain tuples (:data:`IntervalRow`), for callers that turn
+    many rows into something else (the API's JSON, exports) without an object per row."""
+    if level not in ("station", "segment", "corridor"):
+        raise ValueError(f"unknown level {level!r}")
+    station_ids = _stations_of(network, level, target_ids)
+    if source == "rollup" and bucket_s == 300 and level in rollup.TARGET_TABLES:
+        return _stored_targets(conn, network, level, start, end, target_ids, station_ids)
+    sums = station_sums_query(
+        conn,
+        start,
+        end,
+        bucket_s,
+        tz=bucket_tz(network, bucket_s),
+        station_ids=station_ids,
+        source=source,
+    )
+    return _roll_up(conn, sums, network, level, bucket_s, target_ids)
 
 
 def aggregate(
@@ -429,21 +480,10 @@ def aggregate(
 
     ``source="raw"`` re-reads the raw rows instead of the roll-ups; the answers are the same
     (tests/test_rollups.py), only slower."""
-    if level not in ("station", "segment", "corridor"):
-        raise ValueError(f"unknown level {level!r}")
-    station_ids = _stations_of(network, level, target_ids)
-    if source == "rollup" and bucket_s == 300 and level in rollup.TARGET_TABLES:
-        return _stored_targets(conn, network, level, start, end, target_ids, station_ids)
-    sums = station_sums_query(
-        conn,
-        start,
-        end,
-        bucket_s,
-        tz=bucket_tz(network, bucket_s),
-        station_ids=station_ids,
-        source=source,
+    rows = aggregate_rows(
+        conn, network, level, start, end, bucket_s, target_ids=target_ids, source=source
     )
-    return _roll_up(conn, sums, network, level, bucket_s, target_ids)
+    return [Interval(*row) for row in rows]
 
 
 def segment_buckets(
@@ -475,4 +515,4 @@ def window(
     a few minutes of raw rows, read through the time index)."""
     sums = station_sums_query(conn, start, end, None)
     width = (end - start).total_seconds()
-    return {i.target_id: i for i in _roll_up(conn, sums, network, level, width)}
+    return {row[0]: Interval(*row) for row in _roll_up(conn, sums, network, level, width)}
