@@ -194,9 +194,14 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
     from fastapi.testclient import TestClient
 
     from its.api.app import create_app
+    from its.auth import keys
 
     settings = Settings(_env_file=None, stale_after_s=10**6)
-    client = TestClient(create_app(settings, engine=engine, network=network))
+    with engine.begin() as conn:  # a read key, as an analyst's program would send
+        _key, secret = keys.create_key(conn, "query-scale bench", scope="read", actor=None)
+    client = TestClient(
+        create_app(settings, engine=engine, network=network), headers={"X-API-Key": secret}
+    )
     seg_ids = [s.segment_id for s in network.segments[:100]]
     tz = network.timezone
     cases = {

@@ -143,8 +143,8 @@ def station_last_seen(
     """Station id -> end of its newest stored interval (only stations seen in the window).
 
     With a window (the live views pass the last hour of data time) it reads the 5-minute
-    roll-ups' newest interval per bucket and raw rows only for the window's ragged edges and what
-    is not rolled up yet, not an hour of raw rows.
+    roll-ups (:func:`_last_seen_query`) and raw rows only for what is not rolled up yet, not an
+    hour of raw rows.
     """
     r = schema.readings
     if since is None or until is None:
@@ -155,15 +155,57 @@ def station_last_seen(
         if until is not None:
             q = q.where(r.c.interval_start <= until)
     else:
-        sums = station_sums_query(conn, since, until + timedelta(microseconds=1), 300).subquery()
-        q = select(
-            sums.c.station_id, func.max(sums.c.last_start), func.max(sums.c.period_s)
-        ).group_by(sums.c.station_id)
+        q = _last_seen_query(conn, since, until)
     out: dict[str, datetime] = {}
     for station_id, last, period in conn.execute(q):
         last = _as_utc(conn, last)
         out[station_id] = last + timedelta(seconds=period or DEFAULT_PERIOD_S)
     return out
+
+
+def _last_seen_query(conn: Connection, since: datetime, until: datetime) -> Any:
+    """Each station's newest interval start in [since, until] and its longest period.
+
+    A 5-minute roll-up row keeps its bucket's newest interval start (``last_start``), so whole
+    rolled-up buckets answer from ``rollup_5m``, including the bucket ``since`` falls in: a
+    bucket whose newest start is before ``since`` has nothing in the window, one whose newest
+    start is at or after it has that start in the window. Raw rows answer only from the oldest
+    dirty bucket on (what the worker has not rolled up: seconds' worth when it keeps up) and
+    for the bucket ``until`` falls in.
+    """
+    r, five = schema.readings, schema.rollup_5m
+    end = until + timedelta(microseconds=1)
+    dirty = _dirty_since(conn, None)
+    stored_end = rollup.bucket_floor(min(end, dirty) if dirty else end, rollup.FIVE_MIN, None)
+    lo = rollup.bucket_floor(since, rollup.FIVE_MIN, None)
+    pieces = []
+    if lo < stored_end:
+        pieces.append(
+            select(
+                five.c.station_id.label("station_id"),
+                five.c.last_start.label("last_start"),
+                five.c.period_s.label("period_s"),
+            ).where(
+                five.c.bucket_start >= lo,
+                five.c.bucket_start < stored_end,
+                five.c.last_start >= since,
+            )
+        )
+    raw_from = max(since, stored_end)
+    if raw_from < end:
+        pieces.append(
+            select(
+                r.c.station_id.label("station_id"),
+                func.max(r.c.interval_start).label("last_start"),
+                func.max(r.c.period_s).label("period_s"),
+            )
+            .where(r.c.interval_start >= raw_from, r.c.interval_start < end)
+            .group_by(r.c.station_id)
+        )
+    both = union_all(*pieces).subquery("seen") if len(pieces) > 1 else pieces[0].subquery("seen")
+    return select(
+        both.c.station_id, func.max(both.c.last_start), func.max(both.c.period_s)
+    ).group_by(both.c.station_id)
 
 
 def station_states(conn: Connection) -> dict[str, tuple[str, datetime]]:
