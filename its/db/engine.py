@@ -11,6 +11,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, event, text
@@ -59,6 +60,23 @@ def _on_sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     dbapi_conn.create_function("its_bucket", 3, _sqlite_bucket, deterministic=True)
 
 
+#: Execution option: fetch this statement's rows in PostgreSQL's binary format. Parsing text
+#: floats and timestamps is most of the cost of fetching thousands of roll-up rows (14,400 rows of
+#: 11 columns: 36 ms of CPU as text, 15 ms binary); the values are the same. Only for statements
+#: whose result types psycopg loads itself (numbers, text, timestamps), not JSON or enums that
+#: SQLAlchemy post-processes.
+BINARY_RESULTS = "its_binary_results"
+
+
+def _binary_results(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    if context is not None and context.execution_options.get(BINARY_RESULTS):
+        from psycopg import pq
+
+        cursor.format = pq.Format.BINARY
+
+
 def make_engine(url: str, **kwargs: object) -> Engine:
     """An engine for ``url`` with the settings each backend needs, backend detected."""
     url = normalise_url(url)
@@ -73,6 +91,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     elif u.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
         engine = create_engine(url, **kwargs)
+        event.listen(engine, "before_cursor_execute", _binary_results)
     else:
         raise StorageError(
             f"unsupported database {u.get_backend_name()!r}: use SQLite or PostgreSQL"

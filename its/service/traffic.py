@@ -16,17 +16,19 @@ bucket and backend uses the same ones:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import func, literal, select, union_all
+from sqlalchemy import func, literal, select, type_coerce, union_all
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import NullType
 
 from its.contract import iso
 from its.db import rollup, schema
+from its.db.engine import BINARY_RESULTS
 from its.db.timebucket import time_bucket
 from its.network import Network
 
@@ -37,23 +39,6 @@ DEFAULT_PERIOD_S = 30
 #: :func:`aggregate_rows` returns (a tuple costs a fraction of a frozen dataclass, and an answer
 #: can be 60,000 rows).
 IntervalRow = tuple[str, datetime, float | None, float | None, float | None, float]
-
-
-def _point(
-    bucket_iso: str | None,
-    speed: float | None,
-    flow: float | None,
-    occupancy: float | None,
-    pct: float,
-) -> dict[str, Any]:
-    """The JSON form of one point of a series: the one place its rounding is written."""
-    return {
-        "bucket_start": bucket_iso,
-        "speed_kph": None if speed is None else round(speed, 1),
-        "flow_vph": None if flow is None else round(flow, 1),
-        "occupancy": None if occupancy is None else round(occupancy, 4),
-        "pct_observed": round(pct, 1),
-    }
 
 
 @dataclass(frozen=True)
@@ -69,27 +54,37 @@ class Interval:
 
     def to_point(self) -> dict[str, Any]:
         """The JSON form of one point of a series (the target is implied)."""
-        return _point(
-            iso(self.bucket_start), self.speed_kph, self.flow_vph, self.occupancy,
-            self.pct_observed,
-        )  # fmt: skip
+        return row_dicts([self.row()], with_id=False)[0]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of one aggregate row, with the target's id."""
-        return {"id": self.target_id, **self.to_point()}
+        return row_dicts([self.row()])[0]
+
+    def row(self) -> IntervalRow:
+        return (
+            self.target_id, self.bucket_start, self.speed_kph, self.flow_vph, self.occupancy,
+            self.pct_observed,
+        )  # fmt: skip
 
 
-def row_dicts(rows: list[IntervalRow], *, with_id: bool = True) -> list[dict[str, Any]]:
-    """:meth:`Interval.to_dict` (or ``to_point`` without the id) of many rows at once, writing
-    each bucket's time once: thousands of rows share a few hundred buckets."""
+def row_dicts(rows: Iterable[IntervalRow], *, with_id: bool = True) -> list[dict[str, Any]]:
+    """The JSON form of rows (``{"id", "bucket_start", ...}``, without ``id`` for the points of
+    one target's series): the one place their rounding is written. Each bucket's time is
+    written once; thousands of rows share a few hundred buckets."""
     isos: dict[datetime, str | None] = {}
     out = []
+    append = out.append
     for target, bucket, speed, flow, occupancy, pct in rows:
         text = isos.get(bucket)
         if text is None:
             text = isos[bucket] = iso(bucket)
-        point = _point(text, speed, flow, occupancy, pct)
-        out.append({"id": target, **point} if with_id else point)
+        point = {"id": target} if with_id else {}
+        point["bucket_start"] = text
+        point["speed_kph"] = None if speed is None else round(speed, 1)
+        point["flow_vph"] = None if flow is None else round(flow, 1)
+        point["occupancy"] = None if occupancy is None else round(occupancy, 4)
+        point["pct_observed"] = round(pct, 1)
+        append(point)
     return out
 
 
@@ -228,19 +223,15 @@ SOURCES = ("rollup", "raw")
 def _raw_piece(
     start: datetime,
     end: datetime,
-    bucket: Any,
+    bucket_of: Callable[[Any], Any],
     station_ids: Collection[str] | None,
 ) -> Any:
-    """Station sums straight from ``readings`` in [start, end), grouped by ``bucket``."""
+    """Station sums straight from ``readings`` in [start, end), per ``bucket_of(ts)``."""
     r = schema.readings
-    stmt = (
-        select(*rollup.raw_sums_columns(bucket))
-        .where(r.c.interval_start >= start, r.c.interval_start < end)
-        .group_by(r.c.station_id, bucket)
-    )
+    where = [r.c.interval_start >= start, r.c.interval_start < end]
     if station_ids is not None:
-        stmt = stmt.where(r.c.station_id.in_(sorted(station_ids)))
-    return stmt
+        where.append(r.c.station_id.in_(sorted(station_ids)))
+    return rollup.raw_sums_query(bucket_of, *where)
 
 
 def _stored_piece(
@@ -328,9 +319,13 @@ def station_sums_query(
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
     if bucket_s is None:
-        bucket: Any = literal(start, schema.readings.c.interval_start.type)
-        return _raw_piece(start, end, bucket, station_ids)
-    raw_bucket = time_bucket(timedelta(seconds=bucket_s), schema.readings.c.interval_start, tz)
+        whole = literal(start, schema.readings.c.interval_start.type)
+        return _raw_piece(start, end, lambda _ts: whole, station_ids)
+    width = timedelta(seconds=bucket_s)
+
+    def raw_bucket(ts: Any) -> Any:
+        return time_bucket(width, ts, tz)
+
     if source == "raw":
         return _raw_piece(start, end, raw_bucket, station_ids)
     dirty = _dirty_since(conn, station_ids)
@@ -356,8 +351,10 @@ def station_sums_query(
 
 
 def _as_utc(conn: Connection, value: Any) -> datetime:
+    """A time as the driver returned it (aware datetime, or SQLite's text) as an aware UTC
+    datetime."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return value
+        return value.astimezone(UTC)
     return schema.readings.c.interval_start.type.process_result_value(value, conn.dialect)
 
 
@@ -386,12 +383,20 @@ def _intervals(
     append = out.append
     # ordered by the database so the final sort (kept: it defines the order on every
     # backend) runs over sorted input
-    query = query.with_only_columns(*(c[name] for name in rollup.TARGET_COLUMNS)).order_by(
-        c.bucket_start, c.target_id
+    # The bucket comes back as the driver returns it (NullType: no per-row conversion) and is
+    # converted once per bucket; rows are fetched at once (iterating fetches one at a time).
+    columns = [
+        type_coerce(c[name], NullType()) if name == "bucket_start" else c[name]
+        for name in rollup.TARGET_COLUMNS
+    ]
+    query = (
+        query.with_only_columns(*columns)
+        .order_by(c.bucket_start, c.target_id)
+        .execution_options(**{BINARY_RESULTS: True})
     )
     for target, b, flow, n, q_speed, q_over_v, occ, occ_n, seen, exp_own, lanes in conn.execute(
         query
-    ):
+    ).all():
         all_lanes = lanes_of.get(target)
         if all_lanes is None:
             continue
@@ -448,16 +453,19 @@ def _stored_targets(
     if lo >= hi:
         lo = hi = start
     t = rollup.TARGET_TABLES[level]
-    out = []
+    parts = []
     if lo < hi:
         query = select(*(t.c[name] for name in rollup.TARGET_COLUMNS)).where(
             t.c.bucket_start >= lo, t.c.bucket_start < hi
         )
-        out += _intervals(conn, query, network, level, 300, target_ids)
+        parts.append(_intervals(conn, query, network, level, 300, target_ids))
     for a, b in ((start, lo), (hi, end)):
         if a < b:
             sums = station_sums_query(conn, a, b, 300, station_ids=station_ids)
-            out += _roll_up(conn, sums, network, level, 300, target_ids)
+            parts.append(_roll_up(conn, sums, network, level, 300, target_ids))
+    if len(parts) == 1:
+        return parts[0]  # sorted by _intervals
+    out = [row for part in parts for row in part]
     out.sort(key=_ORDER)
     return out
 
