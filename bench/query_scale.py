@@ -2,6 +2,8 @@
 
     python bench/query_scale.py                          # 2,000 stations, 1 day (slow: minutes)
     python bench/query_scale.py --stations 200 --days 1  # a quick run, about a minute
+    python bench/query_scale.py --keep                   # leave the databases for...
+    python bench/query_scale.py --reuse URL [--reuse URL] # ...measuring again, no reload
 
 Builds a synthetic network (N stations on N segments in C corridors, L lanes each) written in the
 documented network format (docs/network.md) and loaded like any other, then D days of 30-s
@@ -219,11 +221,14 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
         params += [("id", i) for i in ids or []]
 
         def call(p: list[tuple[str, str]] = params) -> int:
+            # timed to the last byte of the answer; the client's JSON parsing is not the API's
             resp = client.get("/api/v1/aggregates", params=p)
             resp.raise_for_status()
-            return len(resp.json()["rows"])
+            return len(resp.content)
 
-        rows = call()
+        first = client.get("/api/v1/aggregates", params=params)
+        first.raise_for_status()
+        rows = len(first.json()["rows"])
         api = timed(call, repeat)
         raw = timed(naive_sql(engine, level, width, zone, start, end, ids), max(3, repeat // 3))
         out[name] = {
@@ -235,14 +240,33 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
     def network_call() -> int:
         resp = client.get("/api/v1/network")
         resp.raise_for_status()
-        return len(resp.json()["features"])
+        return len(resp.content)
 
-    out["network"] = {"segments": network_call(), "api": timed(network_call, repeat)}
+    segments = len(client.get("/api/v1/network").json()["features"])
+    out["network"] = {"segments": segments, "api": timed(network_call, repeat)}
     log(f"  network: {out['network']}")
     return out
 
 
 # --------------------------------------------------------------------------- backends
+
+
+def reuse_backend(url: str, network: Network, days: int, repeat: int) -> dict[str, Any]:
+    """Measure a database an earlier ``--keep`` run loaded and rolled up (same network options),
+    without loading it again: the window ends where its data ends."""
+    engine = make_engine(url)
+    try:
+        migrate.upgrade_and_seed(engine, network)  # a newer migration may have come since
+        rollup.catch_up(engine, network.timezone, batch=10_000)
+        r = schema.readings
+        with engine.connect() as conn:
+            rows = conn.execute(select(func.count()).select_from(r)).scalar_one()
+            last = conn.execute(select(func.max(r.c.interval_start))).scalar_one()
+        end = rollup.bucket_ceil(last + timedelta(seconds=30), timedelta(hours=1), None)
+        log(f"{engine.dialect.name}: reusing {rows} rows ending {end.isoformat()}")
+        return {"rows": rows, "reused": True, "cases": measure(engine, network, end, days, repeat)}
+    finally:
+        engine.dispose()
 
 
 def run_backend(
@@ -295,6 +319,18 @@ def main() -> None:
     ap.add_argument(
         "--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases it builds (their URLs go to stderr), to measure again with --reuse",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="measure a database a --keep run built, instead of building one (repeatable)",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="its-query-scale-"))
@@ -311,6 +347,12 @@ def main() -> None:
         "corridors": len(network.corridors), "lanes": args.lanes, "days": args.days,
         "repeat": args.repeat, "backends": {},
     }  # fmt: skip
+    if args.reuse:
+        for url in args.reuse:
+            backend = make_url(url).get_backend_name()
+            report["backends"][backend] = reuse_backend(url, network, args.days, args.repeat)
+        print(json.dumps(report), flush=True)
+        return
     for backend in args.backends.split(","):
         if backend == "postgresql":
             admin = make_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
@@ -323,19 +365,25 @@ def main() -> None:
                     backend, url, network, t0, hours, args.days, args.repeat
                 )
             finally:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+                if args.keep:
+                    log(f"kept: --reuse {url}")
+                else:
+                    with admin.connect() as conn:
+                        conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
                 admin.dispose()
         elif backend == "sqlite":
             url = f"sqlite:///{tmp / 'its.db'}"
+            if args.keep:
+                log(f"kept: --reuse {url}")
             report["backends"][backend] = run_backend(
                 backend, url, network, t0, hours, args.days, args.repeat
             )
         else:
             ap.error(f"unknown backend {backend!r}")
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
+    if not args.keep:
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
     print(json.dumps(report), flush=True)
 
 
