@@ -351,6 +351,8 @@ def main() -> None:
         for url in args.reuse:
             backend = make_url(url).get_backend_name()
             report["backends"][backend] = reuse_backend(url, network, args.days, args.repeat)
+        path.unlink()
+        tmp.rmdir()
         print(json.dumps(report), flush=True)
         return
     for backend in args.backends.split(","):
