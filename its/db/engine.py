@@ -7,6 +7,7 @@ engine and to ``date_bin`` on another in the same process.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -37,10 +38,15 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+@functools.lru_cache(maxsize=8192)
 def _sqlite_bucket(width_s: int, ts: str | None, tz: str) -> str | None:
     """SQLite's bucket in a local time zone: buckets start at local wall-clock boundaries
     (so a day is a local day, also across DST), returned as naive UTC text in SQLAlchemy's
-    storage form."""
+    storage form.
+
+    Memoised (it is a pure function): SQLite calls it once per row, and a month of daily figures
+    regrouped from hourly roll-ups is 1.4 million rows at 2,000 stations but only 720 distinct
+    hour starts; the zone arithmetic per call cost more than the rest of the query."""
     if ts is None:
         return None
     zone = ZoneInfo(tz)
