@@ -5,7 +5,8 @@
     python bench/query_scale.py --keep                   # leave the databases for...
     python bench/query_scale.py --reuse URL [--reuse URL] # ...measuring again, no reload
 
-Builds a synthetic network (N stations on N segments in C corridors, L lanes each) written in the
+First, on the empty database, it times ingest's write path with the roll-up triggers on and off
+(``ingest_writes``: the issue asks for no worse than 0.8x). Then it builds a synthetic network (N stations on N segments in C corridors, L lanes each) written in the
 documented network format (docs/network.md) and loaded like any other, then D days of 30-s
 readings written straight into ``readings`` with one SQL statement per hour of data
 (``generate_series`` on PostgreSQL, a recursive CTE on SQLite): the triggers log them and the
@@ -248,6 +249,55 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
     return out
 
 
+def ingest_writes(engine: Engine, network: Network, before: datetime, rounds: int = 4) -> dict:
+    """Ingest's write path (``insert_readings``, batches of 1,200 rows as ``its ingest`` writes
+    them) with the roll-up triggers on and off, alternated on fresh keys 40 days before the
+    data, so the ratio holds on a noisy machine. The rows are deleted afterwards."""
+    from sqlalchemy import delete
+
+    from its.db import rollup_sql
+    from its.db.writes import insert_readings
+
+    stations = [s.station_id for s in network.stations[:400]]
+    origin = before - timedelta(days=40)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    step = 0
+    for k in range(rounds * 2):
+        mode = "off" if k % 2 == 0 else "on"
+        if mode == "off":
+            with engine.begin() as conn:
+                rollup_sql.drop_triggers(conn)
+        rows = 0
+        started = time.perf_counter()
+        try:
+            for _ in range(10):  # ten batches of 400 stations x 3 lanes
+                at = origin + timedelta(seconds=30 * step)
+                step += 1
+                batch = [
+                    {"station_id": st, "lane": lane, "interval_start": at, "period_s": 30,
+                     "count": 7, "occupancy": 0.05, "speed_kph": 50.0, "status": "ok",
+                     "received_at": at}
+                    for st in stations for lane in (1, 2, 3)
+                ]  # fmt: skip
+                with engine.begin() as conn:
+                    rows += insert_readings(conn, batch)
+        finally:
+            if mode == "off":
+                with engine.begin() as conn:
+                    rollup_sql.create_triggers(conn)
+        rates[mode].append(rows / (time.perf_counter() - started))
+    with engine.begin() as conn:
+        r, d = schema.readings, schema.rollup_dirty
+        conn.execute(delete(r).where(r.c.interval_start < before - timedelta(days=35)))
+        conn.execute(delete(d).where(d.c.bucket_start < before - timedelta(days=35)))
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {
+        "rows_per_s_triggers_on": round(on),
+        "rows_per_s_triggers_off": round(off),
+        "ratio": round(on / off, 2),
+    }
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -275,6 +325,8 @@ def run_backend(
     engine = make_engine(url)
     try:
         migrate.upgrade_and_seed(engine, network)
+        writes = ingest_writes(engine, network, t0)
+        log(f"{name}: ingest writes {writes}")
         log(f"{name}: loading {hours} h for {len(network.stations)} stations")
         rows, load_s = load_readings(engine, t0, hours)
         with engine.connect() as conn:
@@ -294,6 +346,7 @@ def run_backend(
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE"))
         result = {
+            "ingest_writes": writes,
             "rows": rows,
             "load_s": round(load_s, 1),
             "load_rows_per_s": round(rows / load_s),
