@@ -2,8 +2,11 @@
 
     python bench/query_scale.py                          # 2,000 stations, 1 day (slow: minutes)
     python bench/query_scale.py --stations 200 --days 1  # a quick run, about a minute
+    python bench/query_scale.py --keep                   # leave the databases for...
+    python bench/query_scale.py --reuse URL [--reuse URL] # ...measuring again, no reload
 
-Builds a synthetic network (N stations on N segments in C corridors, L lanes each) written in the
+First, on the empty database, it times ingest's write path with the roll-up triggers on and off
+(``ingest_writes``: the issue asks for no worse than 0.8x). Then it builds a synthetic network (N stations on N segments in C corridors, L lanes each) written in the
 documented network format (docs/network.md) and loaded like any other, then D days of 30-s
 readings written straight into ``readings`` with one SQL statement per hour of data
 (``generate_series`` on PostgreSQL, a recursive CTE on SQLite): the triggers log them and the
@@ -194,9 +197,14 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
     from fastapi.testclient import TestClient
 
     from its.api.app import create_app
+    from its.auth import keys
 
     settings = Settings(_env_file=None, stale_after_s=10**6)
-    client = TestClient(create_app(settings, engine=engine, network=network))
+    with engine.begin() as conn:  # a read key, as an analyst's program would send
+        _key, secret = keys.create_key(conn, "query-scale bench", scope="read", actor=None)
+    client = TestClient(
+        create_app(settings, engine=engine, network=network), headers={"X-API-Key": secret}
+    )
     seg_ids = [s.segment_id for s in network.segments[:100]]
     tz = network.timezone
     cases = {
@@ -214,11 +222,14 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
         params += [("id", i) for i in ids or []]
 
         def call(p: list[tuple[str, str]] = params) -> int:
+            # timed to the last byte of the answer; the client's JSON parsing is not the API's
             resp = client.get("/api/v1/aggregates", params=p)
             resp.raise_for_status()
-            return len(resp.json()["rows"])
+            return len(resp.content)
 
-        rows = call()
+        first = client.get("/api/v1/aggregates", params=params)
+        first.raise_for_status()
+        rows = len(first.json()["rows"])
         api = timed(call, repeat)
         raw = timed(naive_sql(engine, level, width, zone, start, end, ids), max(3, repeat // 3))
         out[name] = {
@@ -230,14 +241,82 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
     def network_call() -> int:
         resp = client.get("/api/v1/network")
         resp.raise_for_status()
-        return len(resp.json()["features"])
+        return len(resp.content)
 
-    out["network"] = {"segments": network_call(), "api": timed(network_call, repeat)}
+    segments = len(client.get("/api/v1/network").json()["features"])
+    out["network"] = {"segments": segments, "api": timed(network_call, repeat)}
     log(f"  network: {out['network']}")
     return out
 
 
+def ingest_writes(engine: Engine, network: Network, before: datetime, rounds: int = 4) -> dict:
+    """Ingest's write path (``insert_readings``, batches of 1,200 rows as ``its ingest`` writes
+    them) with the roll-up triggers on and off, alternated on fresh keys 40 days before the
+    data, so the ratio holds on a noisy machine. The rows are deleted afterwards."""
+    from sqlalchemy import delete
+
+    from its.db import rollup_sql
+    from its.db.writes import insert_readings
+
+    stations = [s.station_id for s in network.stations[:400]]
+    origin = before - timedelta(days=40)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    step = 0
+    for k in range(rounds * 2):
+        mode = "off" if k % 2 == 0 else "on"
+        if mode == "off":
+            with engine.begin() as conn:
+                rollup_sql.drop_triggers(conn)
+        rows = 0
+        started = time.perf_counter()
+        try:
+            for _ in range(10):  # ten batches of 400 stations x 3 lanes
+                at = origin + timedelta(seconds=30 * step)
+                step += 1
+                batch = [
+                    {"station_id": st, "lane": lane, "interval_start": at, "period_s": 30,
+                     "count": 7, "occupancy": 0.05, "speed_kph": 50.0, "status": "ok",
+                     "received_at": at}
+                    for st in stations for lane in (1, 2, 3)
+                ]  # fmt: skip
+                with engine.begin() as conn:
+                    rows += insert_readings(conn, batch)
+        finally:
+            if mode == "off":
+                with engine.begin() as conn:
+                    rollup_sql.create_triggers(conn)
+        rates[mode].append(rows / (time.perf_counter() - started))
+    with engine.begin() as conn:
+        r, d = schema.readings, schema.rollup_dirty
+        conn.execute(delete(r).where(r.c.interval_start < before - timedelta(days=35)))
+        conn.execute(delete(d).where(d.c.bucket_start < before - timedelta(days=35)))
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {
+        "rows_per_s_triggers_on": round(on),
+        "rows_per_s_triggers_off": round(off),
+        "ratio": round(on / off, 2),
+    }
+
+
 # --------------------------------------------------------------------------- backends
+
+
+def reuse_backend(url: str, network: Network, days: int, repeat: int) -> dict[str, Any]:
+    """Measure a database an earlier ``--keep`` run loaded and rolled up (same network options),
+    without loading it again: the window ends where its data ends."""
+    engine = make_engine(url)
+    try:
+        migrate.upgrade_and_seed(engine, network)  # a newer migration may have come since
+        rollup.catch_up(engine, network.timezone, batch=10_000)
+        r = schema.readings
+        with engine.connect() as conn:
+            rows = conn.execute(select(func.count()).select_from(r)).scalar_one()
+            last = conn.execute(select(func.max(r.c.interval_start))).scalar_one()
+        end = rollup.bucket_ceil(last + timedelta(seconds=30), timedelta(hours=1), None)
+        log(f"{engine.dialect.name}: reusing {rows} rows ending {end.isoformat()}")
+        return {"rows": rows, "reused": True, "cases": measure(engine, network, end, days, repeat)}
+    finally:
+        engine.dispose()
 
 
 def run_backend(
@@ -246,6 +325,8 @@ def run_backend(
     engine = make_engine(url)
     try:
         migrate.upgrade_and_seed(engine, network)
+        writes = ingest_writes(engine, network, t0)
+        log(f"{name}: ingest writes {writes}")
         log(f"{name}: loading {hours} h for {len(network.stations)} stations")
         rows, load_s = load_readings(engine, t0, hours)
         with engine.connect() as conn:
@@ -265,6 +346,7 @@ def run_backend(
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE"))
         result = {
+            "ingest_writes": writes,
             "rows": rows,
             "load_s": round(load_s, 1),
             "load_rows_per_s": round(rows / load_s),
@@ -290,6 +372,18 @@ def main() -> None:
     ap.add_argument(
         "--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases it builds (their URLs go to stderr), to measure again with --reuse",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="measure a database a --keep run built, instead of building one (repeatable)",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="its-query-scale-"))
@@ -306,6 +400,14 @@ def main() -> None:
         "corridors": len(network.corridors), "lanes": args.lanes, "days": args.days,
         "repeat": args.repeat, "backends": {},
     }  # fmt: skip
+    if args.reuse:
+        for url in args.reuse:
+            backend = make_url(url).get_backend_name()
+            report["backends"][backend] = reuse_backend(url, network, args.days, args.repeat)
+        path.unlink()
+        tmp.rmdir()
+        print(json.dumps(report), flush=True)
+        return
     for backend in args.backends.split(","):
         if backend == "postgresql":
             admin = make_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
@@ -318,19 +420,25 @@ def main() -> None:
                     backend, url, network, t0, hours, args.days, args.repeat
                 )
             finally:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+                if args.keep:
+                    log(f"kept: --reuse {url}")
+                else:
+                    with admin.connect() as conn:
+                        conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
                 admin.dispose()
         elif backend == "sqlite":
             url = f"sqlite:///{tmp / 'its.db'}"
+            if args.keep:
+                log(f"kept: --reuse {url}")
             report["backends"][backend] = run_backend(
                 backend, url, network, t0, hours, args.days, args.repeat
             )
         else:
             ap.error(f"unknown backend {backend!r}")
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
+    if not args.keep:
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
     print(json.dumps(report), flush=True)
 
 

@@ -103,6 +103,36 @@ class Network:
     def segment(self, segment_id: str) -> Segment:
         return self._by_segment[segment_id]
 
+    @cached_property
+    def station_groups(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Level (station, segment, corridor) -> target id -> the ids of its stations.
+
+        Computed once per network (it is immutable): every API request checks its ids against
+        these and counts a target's lanes, and at 2,000 stations rebuilding them per request
+        is a measurable share of a 100 ms answer.
+        """
+        corridor_of = {s.segment_id: s.corridor_id for s in self.segments}
+        out: dict[str, dict[str, list[str]]] = {
+            "station": {},
+            "segment": {s.segment_id: [] for s in self.segments},
+            "corridor": {c.corridor_id: [] for c in self.corridors},
+        }
+        for st in self.stations:
+            out["station"][st.station_id] = [st.station_id]
+            out["segment"].setdefault(st.segment_id, []).append(st.station_id)
+            out["corridor"].setdefault(corridor_of[st.segment_id], []).append(st.station_id)
+        return {level: {k: tuple(v) for k, v in d.items()} for level, d in out.items()}
+
+    @cached_property
+    def target_lanes(self) -> dict[str, dict[str, int]]:
+        """Level -> target id -> lanes over all its stations (the denominator of % observed);
+        a target without stations is absent."""
+        lanes = {st.station_id: st.lanes for st in self.stations}
+        return {
+            level: {k: sum(lanes[s] for s in v) for k, v in groups.items() if v}
+            for level, groups in self.station_groups.items()
+        }
+
     def stations_of(self, segment_id: str) -> list[Station]:
         return sorted(
             (s for s in self.stations if s.segment_id == segment_id), key=lambda s: s.position_m

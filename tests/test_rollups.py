@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from its.db import rollup, schema
+from its.db.timebucket import time_bucket
 from its.db.writes import insert_readings
 from its.network import Network, Station
 from its.service import live, traffic
@@ -326,3 +327,73 @@ def test_calendar_edge_rows_loaded_straight_into_readings_do_not_stall_the_worke
     assert oldest is not None and oldest.replace(tzinfo=UTC) >= START - timedelta(minutes=5)
     spans = [(START, START + timedelta(minutes=30))]
     _same(_answers(engine, network, "rollup", spans), _answers(engine, network, "raw", spans))
+
+
+def test_two_step_raw_sums_equal_the_one_step_definition(engine: Engine, network: Network) -> None:
+    """The worker and the read path group raw rows per interval, then per bucket (no
+    ``count(DISTINCT)``); the one-step form (``raw_sums_columns``, what a continuous aggregate
+    can hold) gives the same sums, with gaps and single loops, per 5 minutes and per hour."""
+    _seed(engine, network)
+    r = schema.readings
+    where = (r.c.interval_start >= START, r.c.interval_start < END)
+    for width in (timedelta(minutes=5), timedelta(hours=1)):
+        bucket = time_bucket(width, r.c.interval_start)
+        one = (
+            select(*rollup.raw_sums_columns(bucket)).where(*where).group_by(r.c.station_id, bucket)
+        )
+        two = rollup.raw_sums_query(lambda ts, w=width: time_bucket(w, ts), *where)
+        with engine.connect() as conn:
+            a = {(row[0], row[1]): row[2:] for row in conn.execute(one)}
+            b = {(row[0], row[1]): row[2:] for row in conn.execute(two)}
+        assert a.keys() == b.keys() and len(a) > 10
+        for key in a:
+            for x, y in zip(a[key], b[key], strict=True):
+                if isinstance(x, datetime):
+                    assert x == y, key
+                else:
+                    assert math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=1e-12), key
+
+
+def test_binary_results_give_the_same_rows(pg_engine: Engine, network: Network) -> None:
+    """Roll-up rows fetched in PostgreSQL's binary format (the read path's hot queries) are the
+    rows the text format gives, to the last bit."""
+    from its.db.engine import BINARY_RESULTS
+
+    _seed(pg_engine, network)
+    rollup.catch_up(pg_engine, network.timezone)
+    t = schema.rollup_segment_5m
+    query = select(t).order_by(t.c.target_id, t.c.bucket_start)
+    with pg_engine.connect() as conn:
+        text_rows = conn.execute(query).all()
+        binary_rows = conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()
+    assert text_rows and binary_rows == text_rows
+    with pg_engine.connect() as conn:
+        answers = traffic.aggregate(conn, network, "segment", START, END, 300)
+    assert answers and {i.target_id for i in answers} <= set(network.target_lanes["segment"])
+
+
+def test_network_groups_are_the_stations_of_each_target(network: Network) -> None:
+    """The per-network station groups and lane counts the API reads on every request."""
+    groups, lanes = network.station_groups, network.target_lanes
+    assert set(groups["station"]) == {s.station_id for s in network.stations}
+    assert set(groups["corridor"]) == {c.corridor_id for c in network.corridors}
+    for seg in network.segments:
+        assert set(groups["segment"][seg.segment_id]) == {
+            s.station_id for s in network.stations_of(seg.segment_id)
+        }
+    corridor_stations = {
+        c.corridor_id: {
+            s.station_id
+            for s in network.stations
+            if network.segment(s.segment_id).corridor_id == c.corridor_id
+        }
+        for c in network.corridors
+    }
+    assert {k: set(v) for k, v in groups["corridor"].items()} == corridor_stations
+    by_id = {s.station_id: s for s in network.stations}
+    for level in ("station", "segment", "corridor"):
+        for target, stations in groups[level].items():
+            if stations:
+                assert lanes[level][target] == sum(by_id[s].lanes for s in stations)
+            else:
+                assert target not in lanes[level]

@@ -7,10 +7,12 @@ engine and to ``date_bin`` on another in the same process.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, event, text
@@ -36,10 +38,15 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+@functools.lru_cache(maxsize=8192)
 def _sqlite_bucket(width_s: int, ts: str | None, tz: str) -> str | None:
     """SQLite's bucket in a local time zone: buckets start at local wall-clock boundaries
     (so a day is a local day, also across DST), returned as naive UTC text in SQLAlchemy's
-    storage form."""
+    storage form.
+
+    Memoised (it is a pure function): SQLite calls it once per row, and a month of daily figures
+    regrouped from hourly roll-ups is 1.4 million rows at 2,000 stations but only 720 distinct
+    hour starts; the zone arithmetic per call cost more than the rest of the query."""
     if ts is None:
         return None
     zone = ZoneInfo(tz)
@@ -59,6 +66,23 @@ def _on_sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     dbapi_conn.create_function("its_bucket", 3, _sqlite_bucket, deterministic=True)
 
 
+#: Execution option: fetch this statement's rows in PostgreSQL's binary format. Parsing text
+#: floats and timestamps is most of the cost of fetching thousands of roll-up rows (14,400 rows of
+#: 11 columns: 36 ms of CPU as text, 15 ms binary); the values are the same. Only for statements
+#: whose result types psycopg loads itself (numbers, text, timestamps), not JSON or enums that
+#: SQLAlchemy post-processes.
+BINARY_RESULTS = "its_binary_results"
+
+
+def _binary_results(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    if context is not None and context.execution_options.get(BINARY_RESULTS):
+        from psycopg import pq
+
+        cursor.format = pq.Format.BINARY
+
+
 def make_engine(url: str, **kwargs: object) -> Engine:
     """An engine for ``url`` with the settings each backend needs, backend detected."""
     url = normalise_url(url)
@@ -73,6 +97,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     elif u.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
         engine = create_engine(url, **kwargs)
+        event.listen(engine, "before_cursor_execute", _binary_results)
     else:
         raise StorageError(
             f"unsupported database {u.get_backend_name()!r}: use SQLite or PostgreSQL"

@@ -116,25 +116,40 @@ def bucket_ceil(ts: datetime, width: timedelta, tz: str | None) -> datetime:
 # --------------------------------------------------------------------------- raw sums
 
 
-def raw_sums_columns(bucket: Any) -> list[Any]:
-    """The roll-up sums of readings grouped by station and ``bucket``: the one definition of
-    what a roll-up row holds (the raw query path uses it too)."""
+def _lane_terms() -> dict[str, Any]:
+    """Per reading (one lane over one interval): the terms the roll-up sums add up. q is the
+    lane flow; a lane with a measured speed adds q / v, a single loop (no speed) adds its
+    occupancy, from which q / v = occ x 1000 / g at read time."""
     r = schema.readings
-    q = cast(r.c.count, Float) * 3600.0 / r.c.period_s
+    # the period as a float, not NUMERIC (SQLAlchemy's default for true division): the same
+    # double either way, without a numeric conversion per row
+    q = cast(r.c.count, Float) * 3600.0 / cast(r.c.period_s, Float)
     measured = and_(r.c.speed_kph.is_not(None), r.c.speed_kph > 0)
     estimated = and_(r.c.speed_kph.is_(None), r.c.occupancy > 0, r.c.count > 0)
+    return {
+        "q": q,
+        "q_speed": case((measured, q), (estimated, q), else_=None),
+        "qv_measured": case((measured, q / r.c.speed_kph), else_=None),
+        "occ_est": case((estimated, r.c.occupancy), else_=None),
+    }
+
+
+def raw_sums_columns(bucket: Any) -> list[Any]:
+    """The roll-up sums of readings grouped by station and ``bucket``, in one grouping (the form
+    a TimescaleDB continuous aggregate can take, bar its ``count(DISTINCT)``). The worker and
+    the read path use :func:`raw_sums_query`, the same sums in two steps."""
+    r = schema.readings
+    t = _lane_terms()
     zero = cast(0.0, Float)
     sums = {
-        "flow_sum": func.coalesce(func.sum(q), zero),
+        "flow_sum": func.coalesce(func.sum(t["q"]), zero),
         "intervals": func.count(func.distinct(r.c.interval_start)),
         "lane_rows": func.count(),
         "occ_sum": func.coalesce(func.sum(r.c.occupancy), zero),
         "occ_n": func.count(r.c.occupancy),
-        "q_speed": func.coalesce(func.sum(case((measured, q), (estimated, q), else_=None)), zero),
-        "qv_measured": func.coalesce(
-            func.sum(case((measured, q / r.c.speed_kph), else_=None)), zero
-        ),
-        "occ_est": func.coalesce(func.sum(case((estimated, r.c.occupancy), else_=None)), zero),
+        "q_speed": func.coalesce(func.sum(t["q_speed"]), zero),
+        "qv_measured": func.coalesce(func.sum(t["qv_measured"]), zero),
+        "occ_est": func.coalesce(func.sum(t["occ_est"]), zero),
         "period_s": func.max(r.c.period_s),
         "last_start": func.max(r.c.interval_start),
     }
@@ -144,6 +159,57 @@ def raw_sums_columns(bucket: Any) -> list[Any]:
         bucket.label("bucket_start"),
         *(sums[name].label(name) for name in (*SUM_COLUMNS, *MAX_COLUMNS)),
     ]
+
+
+def raw_sums_query(bucket_of: Callable[[Any], Any], *where: Any) -> Any:
+    """Roll-up sums (columns station_id, bucket_start, SUM_COLUMNS, MAX_COLUMNS) of the readings
+    matching ``where``, per station and bucket (``bucket_of(interval_start)``).
+
+    Grouped in two steps: per station and interval over its lanes, then per station and bucket
+    over the intervals, so ``intervals`` is a plain count. The one-step form needs
+    ``count(DISTINCT interval_start)``, which makes PostgreSQL sort every row by station (on
+    disk beyond ``work_mem``: 60,000 rows, five minutes of 2,000 stations, took 480 ms against
+    280 ms hashed, under load). This is what the worker stores and what the read path reads raw.
+    """
+    r = schema.readings
+    t = _lane_terms()
+    per_interval = (
+        select(
+            r.c.station_id.label("station_id"),
+            r.c.interval_start.label("interval_start"),
+            func.sum(t["q"]).label("flow_sum"),
+            func.count().label("lane_rows"),
+            func.sum(r.c.occupancy).label("occ_sum"),
+            func.count(r.c.occupancy).label("occ_n"),
+            func.sum(t["q_speed"]).label("q_speed"),
+            func.sum(t["qv_measured"]).label("qv_measured"),
+            func.sum(t["occ_est"]).label("occ_est"),
+            func.max(r.c.period_s).label("period_s"),
+        )
+        .where(*where)
+        .group_by(r.c.station_id, r.c.interval_start)
+        .subquery("per_interval")
+    )
+    i = per_interval.c
+    bucket = bucket_of(i.interval_start)
+    zero = cast(0.0, Float)
+    sums = {
+        "flow_sum": func.coalesce(func.sum(i.flow_sum), zero),
+        "intervals": func.count(),
+        "lane_rows": func.sum(i.lane_rows),
+        "occ_sum": func.coalesce(func.sum(i.occ_sum), zero),
+        "occ_n": func.sum(i.occ_n),
+        "q_speed": func.coalesce(func.sum(i.q_speed), zero),
+        "qv_measured": func.coalesce(func.sum(i.qv_measured), zero),
+        "occ_est": func.coalesce(func.sum(i.occ_est), zero),
+        "period_s": func.max(i.period_s),
+        "last_start": func.max(i.interval_start),
+    }
+    return select(
+        i.station_id.label("station_id"),
+        bucket.label("bucket_start"),
+        *(sums[name].label(name) for name in (*SUM_COLUMNS, *MAX_COLUMNS)),
+    ).group_by(i.station_id, bucket)
 
 
 def sums_of_sums_columns(source: Any, bucket: Any) -> list[Any]:
@@ -384,12 +450,11 @@ def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
     r = schema.readings
 
     def raw(lo: datetime, hi: datetime, stations: set[str]) -> Any:
-        bucket = time_bucket(FIVE_MIN, r.c.interval_start)
-        return (
-            select(*raw_sums_columns(bucket))
-            .where(r.c.interval_start >= lo, r.c.interval_start < hi)
-            .where(r.c.station_id.in_(sorted(stations)))
-            .group_by(r.c.station_id, bucket)
+        return raw_sums_query(
+            lambda ts: time_bucket(FIVE_MIN, ts),
+            r.c.interval_start >= lo,
+            r.c.interval_start < hi,
+            r.c.station_id.in_(sorted(stations)),
         )
 
     _recompute(conn, keys, LEVEL_5M, raw)

@@ -8,6 +8,7 @@ and a segment with no data is "no-data", never free-flowing.
 
 from __future__ import annotations
 
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,16 +32,8 @@ def _clock(conn: Connection, now: datetime | None) -> datetime | None:
     return now if now is not None else traffic.data_clock(conn)
 
 
-def segment_properties(
-    seg: Segment,
-    live: traffic.Interval | None,
-    observed_at: datetime | None,
-    stale: bool,
-    preset: str,
-) -> dict[str, Any]:
-    """The live properties of one segment, as the API and the map show them."""
-    speed = live.speed_kph if live else None
-    band = metrics.classify_band(speed, seg.free_flow_kph, preset)
+def _static_properties(seg: Segment) -> dict[str, Any]:
+    """The properties of a segment that only change with the network."""
     return {
         "segment_id": seg.segment_id,
         "corridor_id": seg.corridor_id,
@@ -49,6 +42,23 @@ def segment_properties(
         "road_class": seg.road_class,
         "length_km": round(seg.length_km, 3),
         "free_flow_kph": seg.free_flow_kph,
+    }
+
+
+def segment_properties(
+    seg: Segment,
+    live: traffic.Interval | None,
+    observed_at: datetime | None,
+    stale: bool,
+    preset: str,
+    static: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The live properties of one segment, as the API and the map show them (``static``: its
+    :func:`_static_properties`, when the caller has them already)."""
+    speed = live.speed_kph if live else None
+    band = metrics.classify_band(speed, seg.free_flow_kph, preset)
+    return {
+        **(static if static is not None else _static_properties(seg)),
         "speed_kph": round_or_none(speed),
         "flow_vph": round_or_none(live.flow_vph if live else None),
         "occupancy": round_or_none(live.occupancy if live else None, 4),
@@ -90,19 +100,38 @@ def _features(
     observed = _segment_observed(network, seen)
     stale_before = clock - timedelta(seconds=stale_after_s) if clock else None
     features = []
-    for seg in network.segments:
+    for seg, static, geometry in _static_parts(network):
         at = observed.get(seg.segment_id)
         stale = at is None or (stale_before is not None and at < stale_before)
-        props = segment_properties(seg, live.get(seg.segment_id), at, stale, preset)
+        props = segment_properties(seg, live.get(seg.segment_id), at, stale, preset, static)
         features.append(
-            {
-                "type": "Feature",
-                "id": seg.segment_id,
-                "geometry": {"type": "LineString", "coordinates": [list(c) for c in seg.coords]},
-                "properties": props,
-            }
+            {"type": "Feature", "id": seg.segment_id, "geometry": geometry, "properties": props}
         )
     return features
+
+
+# id(network) -> (a weak reference to it, each segment with its static properties and geometry)
+_STATIC: dict[int, tuple[weakref.ref[Network], list[tuple[Segment, dict, dict]]]] = {}
+
+
+def _static_parts(network: Network) -> list[tuple[Segment, dict[str, Any], dict[str, Any]]]:
+    """Each segment with the parts of its feature that only change with the network, built once
+    per network rather than on every refresh of the map (2,000 segments' geometry). The
+    geometry dicts are shared between answers: read them, never change them."""
+    hit = _STATIC.get(id(network))
+    if hit is not None and hit[0]() is network:
+        return hit[1]
+    parts = [
+        (
+            seg,
+            _static_properties(seg),
+            {"type": "LineString", "coordinates": [list(c) for c in seg.coords]},
+        )
+        for seg in network.segments
+    ]
+    key = id(network)
+    _STATIC[key] = (weakref.ref(network, lambda _ref: _STATIC.pop(key, None)), parts)
+    return parts
 
 
 def _healths(

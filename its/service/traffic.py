@@ -16,21 +16,29 @@ bucket and backend uses the same ones:
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import func, literal, select, union_all
+from sqlalchemy import func, literal, select, type_coerce, union_all
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import NullType
 
 from its.contract import iso
 from its.db import horizon, rollup, schema
+from its.db.engine import BINARY_RESULTS
 from its.db.timebucket import time_bucket
 from its.network import Network
 
 DEFAULT_PERIOD_S = 30
+
+
+#: One target over one bucket as a plain tuple, in :class:`Interval`'s field order: what
+#: :func:`aggregate_rows` returns (a tuple costs a fraction of a frozen dataclass, and an answer
+#: can be 60,000 rows).
+IntervalRow = tuple[str, datetime, float | None, float | None, float | None, float]
 
 
 @dataclass(frozen=True)
@@ -46,17 +54,38 @@ class Interval:
 
     def to_point(self) -> dict[str, Any]:
         """The JSON form of one point of a series (the target is implied)."""
-        return {
-            "bucket_start": iso(self.bucket_start),
-            "speed_kph": round_or_none(self.speed_kph),
-            "flow_vph": round_or_none(self.flow_vph),
-            "occupancy": round_or_none(self.occupancy, 4),
-            "pct_observed": round(self.pct_observed, 1),
-        }
+        return row_dicts([self.row()], with_id=False)[0]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of one aggregate row, with the target's id."""
-        return {"id": self.target_id, **self.to_point()}
+        return row_dicts([self.row()])[0]
+
+    def row(self) -> IntervalRow:
+        return (
+            self.target_id, self.bucket_start, self.speed_kph, self.flow_vph, self.occupancy,
+            self.pct_observed,
+        )  # fmt: skip
+
+
+def row_dicts(rows: Iterable[IntervalRow], *, with_id: bool = True) -> list[dict[str, Any]]:
+    """The JSON form of rows (``{"id", "bucket_start", ...}``, without ``id`` for the points of
+    one target's series): the one place their rounding is written. Each bucket's time is
+    written once; thousands of rows share a few hundred buckets."""
+    isos: dict[datetime, str | None] = {}
+    out = []
+    append = out.append
+    for target, bucket, speed, flow, occupancy, pct in rows:
+        text = isos.get(bucket)
+        if text is None:
+            text = isos[bucket] = iso(bucket)
+        point = {"id": target} if with_id else {}
+        point["bucket_start"] = text
+        point["speed_kph"] = None if speed is None else round(speed, 1)
+        point["flow_vph"] = None if flow is None else round(flow, 1)
+        point["occupancy"] = None if occupancy is None else round(occupancy, 4)
+        point["pct_observed"] = round(pct, 1)
+        append(point)
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,8 +138,8 @@ def station_last_seen(
     """Station id -> end of its newest stored interval (only stations seen in the window).
 
     With a window (the live views pass the last hour of data time) it reads the 5-minute
-    roll-ups' newest interval per bucket and raw rows only for the window's ragged edges and what
-    is not rolled up yet, not an hour of raw rows.
+    roll-ups (:func:`_last_seen_query`) and raw rows only for what is not rolled up yet, not an
+    hour of raw rows.
     """
     r = schema.readings
     if since is None or until is None:
@@ -121,15 +150,57 @@ def station_last_seen(
         if until is not None:
             q = q.where(r.c.interval_start <= until)
     else:
-        sums = station_sums_query(conn, since, until + timedelta(microseconds=1), 300).subquery()
-        q = select(
-            sums.c.station_id, func.max(sums.c.last_start), func.max(sums.c.period_s)
-        ).group_by(sums.c.station_id)
+        q = _last_seen_query(conn, since, until)
     out: dict[str, datetime] = {}
     for station_id, last, period in conn.execute(q):
         last = _as_utc(conn, last)
         out[station_id] = last + timedelta(seconds=period or DEFAULT_PERIOD_S)
     return out
+
+
+def _last_seen_query(conn: Connection, since: datetime, until: datetime) -> Any:
+    """Each station's newest interval start in [since, until] and its longest period.
+
+    A 5-minute roll-up row keeps its bucket's newest interval start (``last_start``), so whole
+    rolled-up buckets answer from ``rollup_5m``, including the bucket ``since`` falls in: a
+    bucket whose newest start is before ``since`` has nothing in the window, one whose newest
+    start is at or after it has that start in the window. Raw rows answer only from the oldest
+    dirty bucket on (what the worker has not rolled up: seconds' worth when it keeps up) and
+    for the bucket ``until`` falls in.
+    """
+    r, five = schema.readings, schema.rollup_5m
+    end = until + timedelta(microseconds=1)
+    dirty = _dirty_since(conn, None)
+    stored_end = rollup.bucket_floor(min(end, dirty) if dirty else end, rollup.FIVE_MIN, None)
+    lo = rollup.bucket_floor(since, rollup.FIVE_MIN, None)
+    pieces = []
+    if lo < stored_end:
+        pieces.append(
+            select(
+                five.c.station_id.label("station_id"),
+                five.c.last_start.label("last_start"),
+                five.c.period_s.label("period_s"),
+            ).where(
+                five.c.bucket_start >= lo,
+                five.c.bucket_start < stored_end,
+                five.c.last_start >= since,
+            )
+        )
+    raw_from = max(since, stored_end)
+    if raw_from < end:
+        pieces.append(
+            select(
+                r.c.station_id.label("station_id"),
+                func.max(r.c.interval_start).label("last_start"),
+                func.max(r.c.period_s).label("period_s"),
+            )
+            .where(r.c.interval_start >= raw_from, r.c.interval_start < end)
+            .group_by(r.c.station_id)
+        )
+    both = union_all(*pieces).subquery("seen") if len(pieces) > 1 else pieces[0].subquery("seen")
+    return select(
+        both.c.station_id, func.max(both.c.last_start), func.max(both.c.period_s)
+    ).group_by(both.c.station_id)
 
 
 def station_states(conn: Connection) -> dict[str, tuple[str, datetime]]:
@@ -152,19 +223,15 @@ SOURCES = ("rollup", "raw")
 def _raw_piece(
     start: datetime,
     end: datetime,
-    bucket: Any,
+    bucket_of: Callable[[Any], Any],
     station_ids: Collection[str] | None,
 ) -> Any:
-    """Station sums straight from ``readings`` in [start, end), grouped by ``bucket``."""
+    """Station sums straight from ``readings`` in [start, end), per ``bucket_of(ts)``."""
     r = schema.readings
-    stmt = (
-        select(*rollup.raw_sums_columns(bucket))
-        .where(r.c.interval_start >= start, r.c.interval_start < end)
-        .group_by(r.c.station_id, bucket)
-    )
+    where = [r.c.interval_start >= start, r.c.interval_start < end]
     if station_ids is not None:
-        stmt = stmt.where(r.c.station_id.in_(sorted(station_ids)))
-    return stmt
+        where.append(r.c.station_id.in_(sorted(station_ids)))
+    return rollup.raw_sums_query(bucket_of, *where)
 
 
 def _stored_piece(
@@ -270,9 +337,13 @@ def station_sums_query(
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
     if bucket_s is None:
-        bucket: Any = literal(start, schema.readings.c.interval_start.type)
-        return _raw_piece(start, end, bucket, station_ids)
-    raw_bucket = time_bucket(timedelta(seconds=bucket_s), schema.readings.c.interval_start, tz)
+        whole = literal(start, schema.readings.c.interval_start.type)
+        return _raw_piece(start, end, lambda _ts: whole, station_ids)
+    width = timedelta(seconds=bucket_s)
+
+    def raw_bucket(ts: Any) -> Any:
+        return time_bucket(width, ts, tz)
+
     if source == "raw":
         return _raw_piece(start, end, raw_bucket, station_ids)
     raw_from = horizon.recorded_horizon(conn)
@@ -300,8 +371,10 @@ def station_sums_query(
 
 
 def _as_utc(conn: Connection, value: Any) -> datetime:
+    """A time as the driver returned it (aware datetime, or SQLite's text) as an aware UTC
+    datetime."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return value
+        return value.astimezone(UTC)
     return schema.readings.c.interval_start.type.process_result_value(value, conn.dialect)
 
 
@@ -312,7 +385,7 @@ def _intervals(
     level: str,
     bucket_s: float,
     target_ids: Collection[str] | None = None,
-) -> list[Interval]:
+) -> list[IntervalRow]:
     """Apply the handbook's formulas to per-target sums (rollup.TARGET_COLUMNS): the one place
     they are written, whether the sums were stored by the worker or summed for this query.
 
@@ -323,32 +396,50 @@ def _intervals(
     c = query.selected_columns
     if target_ids is not None:
         query = query.where(c.target_id.in_(sorted(target_ids)))
-    lanes_of = _target_lanes(network, level)
+    lanes_of = network.target_lanes[level]
     default_expected = max(bucket_s / DEFAULT_PERIOD_S, 1.0)
     buckets: dict[Any, datetime] = {}  # many targets share a bucket: convert each once
-    out = []
+    out: list[IntervalRow] = []
+    append = out.append
+    # ordered by the database so the final sort (kept: it defines the order on every
+    # backend) runs over sorted input
+    # The bucket comes back as the driver returns it (NullType: no per-row conversion) and is
+    # converted once per bucket; rows are fetched at once (iterating fetches one at a time).
+    columns = [
+        type_coerce(c[name], NullType()) if name == "bucket_start" else c[name]
+        for name in rollup.TARGET_COLUMNS
+    ]
+    query = (
+        query.with_only_columns(*columns)
+        .order_by(c.bucket_start, c.target_id)
+        .execution_options(**{BINARY_RESULTS: True})
+    )
     for target, b, flow, n, q_speed, q_over_v, occ, occ_n, seen, exp_own, lanes in conn.execute(
-        query.with_only_columns(*(c[name] for name in rollup.TARGET_COLUMNS))
-    ):
-        if target not in lanes_of:
+        query
+    ).all():
+        all_lanes = lanes_of.get(target)
+        if all_lanes is None:
             continue
         bucket = buckets.get(b)
         if bucket is None:
             bucket = buckets[b] = _as_utc(conn, b)
         q_over_v, occ_n = float(q_over_v), int(occ_n)
-        expected = (lanes_of[target] - int(lanes)) * default_expected + float(exp_own)
-        out.append(
-            Interval(
-                target_id=target,
-                bucket_start=bucket,
-                speed_kph=float(q_speed) / q_over_v if q_over_v > 0 else None,
-                flow_vph=float(flow) / n if n else None,
-                occupancy=float(occ) / occ_n if occ_n else None,
-                pct_observed=min(100.0, 100.0 * int(seen) / expected) if expected else 0.0,
+        expected = (all_lanes - int(lanes)) * default_expected + float(exp_own)
+        append(
+            (
+                target,
+                bucket,
+                float(q_speed) / q_over_v if q_over_v > 0 else None,
+                float(flow) / n if n else None,
+                float(occ) / occ_n if occ_n else None,
+                min(100.0, 100.0 * int(seen) / expected) if expected else 0.0,
             )
         )
-    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+    out.sort(key=_ORDER)
     return out
+
+
+_ORDER = itemgetter(1, 0)  # bucket, then target
 
 
 def _roll_up(
@@ -358,7 +449,7 @@ def _roll_up(
     level: str,
     bucket_s: float,
     target_ids: Collection[str] | None = None,
-) -> list[Interval]:
+) -> list[IntervalRow]:
     """Roll station sums up to stations, segments or corridors in SQL, then apply the formulas."""
     query = rollup.target_sums_query(sums.subquery("station_sums"), level, bucket_s)
     return _intervals(conn, query, network, level, bucket_s, target_ids)
@@ -372,7 +463,7 @@ def _stored_targets(
     end: datetime,
     target_ids: Collection[str] | None,
     station_ids: Collection[str] | None,
-) -> list[Interval]:
+) -> list[IntervalRow]:
     """5-minute segment or corridor figures: whole buckets from the stored target roll-ups (up to
     the oldest dirty bucket), the rest through the station path."""
     raw_from = horizon.recorded_horizon(conn)
@@ -384,36 +475,21 @@ def _stored_targets(
     if lo >= hi:
         lo = hi = start
     t = rollup.TARGET_TABLES[level]
-    out = []
+    parts = []
     if lo < hi:
         query = select(*(t.c[name] for name in rollup.TARGET_COLUMNS)).where(
             t.c.bucket_start >= lo, t.c.bucket_start < hi
         )
-        out += _intervals(conn, query, network, level, 300, target_ids)
+        parts.append(_intervals(conn, query, network, level, 300, target_ids))
     for a, b in ((start, lo), (hi, end)):
         if a < b:
             sums = station_sums_query(conn, a, b, 300, station_ids=station_ids)
-            out += _roll_up(conn, sums, network, level, 300, target_ids)
-    out.sort(key=lambda i: (i.bucket_start, i.target_id))
+            parts.append(_roll_up(conn, sums, network, level, 300, target_ids))
+    if len(parts) == 1:
+        return parts[0]  # sorted by _intervals
+    out = [row for part in parts for row in part]
+    out.sort(key=_ORDER)
     return out
-
-
-def _target_lanes(network: Network, level: str) -> dict[str, int]:
-    """Each target's lanes over all its stations: the denominator of % observed."""
-    seg_of = {s.station_id: s.segment_id for s in network.stations}
-    corridor = {s.segment_id: s.corridor_id for s in network.segments}
-    out: dict[str, int] = defaultdict(int)
-    for st in network.stations:
-        if level == "station":
-            key = st.station_id
-        elif level == "segment":
-            key = seg_of[st.station_id]
-        elif level == "corridor":
-            key = corridor[seg_of[st.station_id]]
-        else:
-            raise ValueError(f"unknown level {level!r}")
-        out[key] += st.lanes
-    return dict(out)
 
 
 def bucket_tz(network: Network, bucket_s: int) -> str | None:
@@ -427,13 +503,38 @@ def _stations_of(
 ) -> Collection[str] | None:
     if target_ids is None:
         return None
-    wanted = set(target_ids)
-    if level == "station":
-        return wanted
-    if level == "segment":
-        return [s.station_id for s in network.stations if s.segment_id in wanted]
-    segs = {s.segment_id for s in network.segments if s.corridor_id in wanted}
-    return [s.station_id for s in network.stations if s.segment_id in segs]
+    groups = network.station_groups[level]
+    return sorted({s for t in set(target_ids) for s in groups.get(t, ())})
+
+
+def aggregate_rows(
+    conn: Connection,
+    network: Network,
+    level: str,
+    start: datetime,
+    end: datetime,
+    bucket_s: int,
+    *,
+    target_ids: Collection[str] | None = None,
+    source: str = "rollup",
+) -> list[IntervalRow]:
+    """:func:`aggregate`'s rows as plain tuples (:data:`IntervalRow`), for callers that turn
+    many rows into something else (the API's JSON, exports) without an object per row."""
+    if level not in ("station", "segment", "corridor"):
+        raise ValueError(f"unknown level {level!r}")
+    station_ids = _stations_of(network, level, target_ids)
+    if source == "rollup" and bucket_s == 300 and level in rollup.TARGET_TABLES:
+        return _stored_targets(conn, network, level, start, end, target_ids, station_ids)
+    sums = station_sums_query(
+        conn,
+        start,
+        end,
+        bucket_s,
+        tz=bucket_tz(network, bucket_s),
+        station_ids=station_ids,
+        source=source,
+    )
+    return _roll_up(conn, sums, network, level, bucket_s, target_ids)
 
 
 def aggregate(
@@ -451,21 +552,10 @@ def aggregate(
 
     ``source="raw"`` re-reads the raw rows instead of the roll-ups; the answers are the same
     (tests/test_rollups.py), only slower."""
-    if level not in ("station", "segment", "corridor"):
-        raise ValueError(f"unknown level {level!r}")
-    station_ids = _stations_of(network, level, target_ids)
-    if source == "rollup" and bucket_s == 300 and level in rollup.TARGET_TABLES:
-        return _stored_targets(conn, network, level, start, end, target_ids, station_ids)
-    sums = station_sums_query(
-        conn,
-        start,
-        end,
-        bucket_s,
-        tz=bucket_tz(network, bucket_s),
-        station_ids=station_ids,
-        source=source,
+    rows = aggregate_rows(
+        conn, network, level, start, end, bucket_s, target_ids=target_ids, source=source
     )
-    return _roll_up(conn, sums, network, level, bucket_s, target_ids)
+    return [Interval(*row) for row in rows]
 
 
 def segment_buckets(
@@ -497,4 +587,4 @@ def window(
     a few minutes of raw rows, read through the time index)."""
     sums = station_sums_query(conn, start, end, None)
     width = (end - start).total_seconds()
-    return {i.target_id: i for i in _roll_up(conn, sums, network, level, width)}
+    return {row[0]: Interval(*row) for row in _roll_up(conn, sums, network, level, width)}
