@@ -29,9 +29,7 @@ def run(ratios: list[float | None], params: CongestionParams | None = None) -> l
     state = CongestionState()
     actions = []
     for r in ratios:
-        state, decision = congestion_step(
-            state, None if r is None else r * FF, FF, params or P
-        )
+        state, decision = congestion_step(state, None if r is None else r * FF, FF, params or P)
         actions.append(decision.action)
         state = CongestionState.from_json(state.to_json())  # as persisted between steps
     return actions

@@ -18,11 +18,16 @@ California algorithms, occupancy comparisons):
 States (as in #8, with the compression-wave check):
 
 1. **incident-free -> tentative** when OCCDF >= ``occdf`` and OCCRDF >= ``occrdf`` and DOCC <
-   ``docc_max``, and the change is sudden: DOCCTD >= ``docctd`` (the classic test) or UOCCTD >=
-   ``onset_rise`` (upstream jumped; a modest incident barely starves a busy road downstream).
-   A recurrent jam builds over many minutes, so its spatial test holds without a sudden change.
+   ``docc_max``, and the change is sudden: DOCCTD >= ``docctd`` (downstream emptied - the
+   classic test - while upstream did not improve: a queue discharging is not an incident), or
+   UOCCTD >= ``onset_rise`` (upstream jumped; a modest incident barely starves a busy road
+   downstream) with, where speed is measured, the upstream speed down by ``speed_drop`` too
+   (1-min occupancies are noisy; a standing queue's speed is steady). A recurrent jam builds
+   over many minutes, so its spatial test holds without a sudden change.
 2. **tentative -> incident** (raise) when the spatial test (OCCDF, OCCRDF, DOCC) still holds for
-   ``persistence`` more minutes; otherwise back to incident-free.
+   ``persistence`` more minutes; otherwise back to incident-free. When the occupancy and the
+   speed variant both see the sudden change in the same minute, they confirm each other and the
+   incident is raised at once.
 3. **incident -> incident-free** (clear) after ``clear_k`` consecutive minutes without it.
 4. **compression wave**: downstream occupancy jumping up (DOCC >= ``cw_min_occ`` and it rose by
    ``cw_rise`` relative over ``L`` min) is a stop-and-go wave travelling upstream, which will make
@@ -55,7 +60,7 @@ class IncidentParams:
 
     occdf: float = 0.12
     occrdf: float = 0.45
-    docctd: float = 0.4
+    docctd: float = 0.5
     onset_rise: float = 0.4
     docc_max: float = 0.25
     lag_min: int = 2
@@ -288,18 +293,26 @@ def incident_step(
     # incident-free: a sudden change with the spatial signature makes it tentative
     if suppress > 0:
         return IncidentState(suppress=suppress), IncidentDecision("none", evidence)
-    sudden_occ = occ_now and (
-        _ge(m["docctd"], params.docctd) or _ge(m["uocctd"], params.onset_rise)
+    drop = m["speed_drop"]
+    up_worse = _ge(m["uocctd"], params.onset_rise) and (drop is None or drop >= params.speed_drop)
+    down_starved = (
+        _ge(m["docctd"], params.docctd) and _ge(m["uocctd"], 0.0) and (drop is None or drop >= 0.0)
     )
-    sudden_speed = speed_now and _ge(m["speed_drop"], params.speed_drop)
+    sudden_occ = occ_now and (up_worse or down_starved)
+    sudden_speed = speed_now and _ge(drop, params.speed_drop)
     if obs.speed_down is not None and obs.speed_down_before:
         # the speed variant needs downstream to have kept its speed (not a wave passing)
         down_drop = (obs.speed_down_before - obs.speed_down) / obs.speed_down_before
         sudden_speed = sudden_speed and down_drop < params.speed_drop
     if not (sudden_occ or sudden_speed):
         return IncidentState(), IncidentDecision("none", evidence)
-    variant = "occupancy" if sudden_occ else "speed"
-    if params.persistence == 0:
+    variant = (
+        "occupancy+speed"
+        if sudden_occ and sudden_speed
+        else ("occupancy" if sudden_occ else "speed")
+    )
+    if params.persistence == 0 or (sudden_occ and sudden_speed):
+        # Both variants seeing the same sudden change in the same minute confirm each other.
         evidence["variant"] = variant
         return IncidentState("incident", 0, 0, 0, variant), IncidentDecision("raise", evidence)
     return IncidentState("tentative", 0, 0, 0, variant), IncidentDecision("none", evidence)
