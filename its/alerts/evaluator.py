@@ -4,9 +4,12 @@ Why it is built this way:
 
 - **Data time, not wall time.** The simulator may replay history at 60x and a real feed can lag,
   so "the last 5 minutes" are the last 5 minutes of data (:func:`its.service.traffic.data_clock`).
-  A 5-min bucket is evaluated once it is complete: when the data clock has passed its end plus a
+  A minute is evaluated once it is complete: when the data clock has passed its end plus a
   grace period for late readings.
-- **Exactly once, across restarts.** Each step evaluates every complete bucket since the last one,
+- **Minutes for speed, 5-min buckets for the rest.** Congestion (on a smoothed rolling window)
+  and incidents run each minute so a jam or a blocked lane is raised within about 3 minutes;
+  detector health and bottlenecks (PeMS works on 5-min intervals) run as each 5-min bucket ends.
+- **Exactly once, across restarts.** Each step evaluates every complete minute since the last one,
   in order, and writes the rules' state, the evaluator's progress and the alert changes in one
   transaction: a crash replays nothing twice and skips nothing. A fresh database starts at most
   ``backfill_s`` (1 h) before the data clock.
