@@ -12,7 +12,9 @@ km/h changing every 5 minutes per station), so the alert counts are stress, not 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument(
         "--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    ap.add_argument("--profile", action="store_true", help="profile the live step (stderr)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="its-detect-scale-"))
     path = tmp / "network.geojson"
@@ -84,9 +87,15 @@ def main() -> None:
         # a live step: one minute (ending on a 5-minute mark, the heaviest kind)
         with engine.begin() as conn:
             rule_state.save_progress(conn, end - timedelta(minutes=1), end)
+        profiler = cProfile.Profile() if args.profile else None
         started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         live = ev.step()
         live_s = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
         ev.close()
         with engine.connect() as conn:
             started = time.perf_counter()
