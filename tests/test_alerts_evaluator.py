@@ -97,9 +97,11 @@ def test_congestion_raised_on_the_segment_then_cleared(engine: Engine, network: 
     feed(engine, network, SEG, T0, 20, ratio=0.3)  # 18 km/h on a 60 km/h road: congested
     feed(engine, network, OTHER, T0, 20, ratio=0.9)  # the next segment flows freely
     first = ev.step()
-    # data clock 01:20; complete buckets end by 01:15 -> 01:00, 01:05, 01:10 are bad: 3 of 4
+    # data clock 01:20; complete minutes end by 01:19 (grace 30 s). The minutes 01:00 and 01:01
+    # are bad (2 of 3): raised at 01:02, two minutes after the speed fell; repeated at the
+    # 5-minute marks 01:05, 01:10 and 01:15
     assert first.data_time == T0 + timedelta(minutes=20)
-    assert first.evaluated_until == T0 + timedelta(minutes=15)
+    assert first.evaluated_until == T0 + timedelta(minutes=19)
     raised = first.events("raised")
     assert len(raised) == 1
     a = raised[0].alert
@@ -109,7 +111,8 @@ def test_congestion_raised_on_the_segment_then_cleared(engine: Engine, network: 
         SEG,
         "minor",
     )
-    assert a.raised_at == T0 + timedelta(minutes=15)
+    assert a.raised_at == T0 + timedelta(minutes=2)
+    assert [c.event for c in first.changes] == ["raised"] + ["repeated"] * 3
     assert a.details["band"] == "congested" and a.details["speed_kph"] == 18.0
     assert "18 km/h" in a.message
 
@@ -118,15 +121,16 @@ def test_congestion_raised_on_the_segment_then_cleared(engine: Engine, network: 
     feed(engine, network, SEG, T0 + timedelta(minutes=20), 15, ratio=0.9)
     feed(engine, network, OTHER, T0 + timedelta(minutes=20), 15, ratio=0.9)
     second = ev.step()
-    # 01:15 still slow (repeat), 01:20 and 01:25 fast: two good buckets clear at 01:30
+    # 01:19 still slow (repeat at 01:20), 01:20 half slow in the 2-min smoothing window, then
+    # five good minutes 01:21 .. 01:25 clear at 01:26
     assert [c.event for c in second.changes] == ["repeated", "cleared"]
     cleared = second.changes[-1].alert
-    assert cleared.id == a.id and not cleared.active and cleared.count == 2
-    assert cleared.cleared_at == T0 + timedelta(minutes=30)
+    assert cleared.id == a.id and not cleared.active and cleared.count == 5
+    assert cleared.cleared_at == T0 + timedelta(minutes=26)
     assert alerts(engine, "active") == []
     with engine.connect() as conn:
         history = [e["event"] for e in store.alert_history(conn, a.id)]
-    assert history == ["raised", "repeated", "cleared"]
+    assert history == ["raised", "repeated", "repeated", "repeated", "repeated", "cleared"]
 
 
 def test_jammed_segment_is_major(engine: Engine, network: Network) -> None:
@@ -187,11 +191,11 @@ def test_all_stations_offline_suppresses_congestion(engine: Engine, network: Net
     # has persisted afresh (the suppressed buckets were no data, not congestion)
     with engine.begin() as conn:
         upsert_station_status(conn, "JKT-SDR-N-001", "online", None, datetime.now(UTC))
-    feed(engine, network, SEG, T0 + timedelta(minutes=20), 5, ratio=0.3)
-    feed(engine, network, OTHER, T0 + timedelta(minutes=20), 5, ratio=0.9)
-    assert ev.step().events("raised") == []
-    feed(engine, network, SEG, T0 + timedelta(minutes=25), 15, ratio=0.3)
-    result = ev.step()  # buckets 01:20, 01:25 and 01:30 bad: 3 of 4
+    feed(engine, network, SEG, T0 + timedelta(minutes=20), 1.5, ratio=0.3)
+    feed(engine, network, OTHER, T0 + timedelta(minutes=20), 1.5, ratio=0.9)
+    assert ev.step().events("raised") == []  # one bad minute (01:20) is not yet 2 of 3
+    feed(engine, network, SEG, T0 + timedelta(minutes=21.5), 13.5, ratio=0.3)
+    result = ev.step()  # minutes 01:20 and 01:21 bad: 2 of 3
     assert [c.alert.target_id for c in result.events("raised")] == [SEG]
 
 
@@ -208,30 +212,30 @@ def test_catch_up_suppresses_by_the_state_at_that_time(engine: Engine, network: 
 
 
 def test_restart_resumes_exactly_without_duplicates(engine: Engine, network: Network) -> None:
-    feed(engine, network, SEG, T0, 10.5, ratio=0.3)
+    feed(engine, network, SEG, T0, 1.5, ratio=0.3)
     first = evaluator(engine, network)
-    r1 = first.step()  # buckets 01:00 and 01:05 bad: 2 of 4, no alert yet
-    assert r1.changes == [] and r1.evaluated_until == T0 + timedelta(minutes=10)
+    r1 = first.step()  # minute 01:00 bad: 1 of 3, no alert yet
+    assert r1.changes == [] and r1.evaluated_until == T0 + timedelta(minutes=1)
     first.close()
 
     second = evaluator(engine, network)  # a new process on the same database
-    assert second.step().buckets == 0  # nothing re-evaluated
-    feed(engine, network, SEG, T0 + timedelta(minutes=10.5), 5, ratio=0.3)
+    assert second.step().ticks == 0  # nothing re-evaluated
+    feed(engine, network, SEG, T0 + timedelta(minutes=1.5), 1, ratio=0.3)
     r2 = second.step()
-    assert r2.buckets == 1  # only 01:10, and the window remembered 01:00 and 01:05
+    assert r2.ticks == 1  # only 01:01, and the window remembered 01:00
     assert [c.alert.target_id for c in r2.events("raised")] == [SEG]
     second.close()
 
     third = evaluator(engine, network)
     assert third.step().changes == []
     assert len(alerts(engine)) == 1
-    feed(engine, network, SEG, T0 + timedelta(minutes=15.5), 5, ratio=0.3)
-    r3 = third.step()
+    feed(engine, network, SEG, T0 + timedelta(minutes=2.5), 3, ratio=0.3)
+    r3 = third.step()  # minutes 01:02 .. 01:04: repeated once, at the 5-minute mark
     assert [(c.event, c.alert.count) for c in r3.changes] == [("repeated", 2)]
     assert len(alerts(engine)) == 1
     with engine.connect() as conn:
         assert rule_state.load(conn, "congestion")[SEG]["active"] is True
-        assert rule_state.load_progress(conn) == T0 + timedelta(minutes=20)
+        assert rule_state.load_progress(conn) == T0 + timedelta(minutes=5)
 
 
 def test_fresh_start_looks_back_at_most_an_hour(engine: Engine, network: Network) -> None:
@@ -239,8 +243,10 @@ def test_fresh_start_looks_back_at_most_an_hour(engine: Engine, network: Network
     result = evaluator(engine, network).step()
     now = T0 + timedelta(hours=3)
     assert result.data_time == now
-    assert result.evaluated_until == floor_bucket(now - timedelta(seconds=30))
-    # from 03:00 (an hour before the data clock) to 03:50; 03:55 still awaits its grace period
+    assert result.evaluated_until == floor_bucket(now - timedelta(seconds=30), 60)
+    # from 03:00 (an hour before the data clock) to 03:58; 03:59 still awaits its grace period;
+    # the 5-minute buckets (health, bottlenecks) 03:00 .. 03:50
+    assert result.ticks == 59
     assert result.buckets == 11
     assert result.changes == []
 
@@ -316,7 +322,7 @@ def test_alerts_reach_mqtt_through_the_cli_publisher(
         ("raised", alert.id, "congestion", SEG, True),
         ("cleared", alert.id, "congestion", SEG, False),
     ]
-    assert received[0][1]["raised_at"] == "2026-11-22T01:15:00Z"
+    assert received[0][1]["raised_at"] == "2026-11-22T01:02:00Z"
     assert ev.stats.published == 2 and ev.stats.publish_errors == 0
 
 
@@ -432,13 +438,13 @@ def test_its_alerts_command_runs_publishes_and_stops_on_sigterm(
 def test_data_going_back_in_time_restarts_the_evaluation(engine: Engine, network: Network) -> None:
     feed(engine, network, SEG, T0, 10, ratio=0.9)
     ev = evaluator(engine, network)
-    assert ev.step().evaluated_until == T0 + timedelta(minutes=5)
+    assert ev.step().evaluated_until == T0 + timedelta(minutes=9)
     with engine.begin() as conn:
         conn.execute(schema.readings.delete())
     earlier = T0 - timedelta(days=1)
     feed(engine, network, SEG, earlier, 20, ratio=0.3)
     result = ev.step()
-    assert result.evaluated_until == earlier + timedelta(minutes=15)
+    assert result.evaluated_until == earlier + timedelta(minutes=19)
     assert [c.alert.target_id for c in result.events("raised")] == [SEG]
 
 
@@ -472,7 +478,7 @@ def test_a_dead_feed_raises_one_feed_stalled_alert_not_a_flood(
     received = wall[0]
     feed(engine, network, SEG, T0, 10, ratio=0.9, received_at=received)
     feed(engine, network, OTHER, T0, 10, ratio=0.9, received_at=received)
-    assert ev.step().evaluated_until == T0 + timedelta(minutes=5)  # 01:05 awaits its grace
+    assert ev.step().evaluated_until == T0 + timedelta(minutes=9)  # 01:09 awaits its grace
 
     wall[0] = received + timedelta(seconds=59)
     assert ev.step().changes == []  # not yet: the data clock alone would call them all silent
@@ -486,9 +492,9 @@ def test_a_dead_feed_raises_one_feed_stalled_alert_not_a_flood(
     wall[0] = received + timedelta(minutes=10)
     result = ev.step()
     assert result.events("raised") == []  # still one alert, no offline flood
-    # the data clock stopped at 01:10, but the wall clock ran on: the buckets up to and past
-    # the last data are evaluated (01:05 and 01:10), without any later data arriving
-    assert result.evaluated_until == T0 + timedelta(minutes=15)
+    # the data clock stopped at 01:10, but the wall clock ran on: the minutes up to and past
+    # the last data are evaluated (01:09 and on), without any later data arriving
+    assert result.evaluated_until == T0 + timedelta(minutes=19)
     with engine.connect() as conn:
         (now_stalled,) = store.active_alerts(conn).values()
     assert now_stalled.id == stalled.id

@@ -15,9 +15,13 @@ from its.alerts.rules import (
     congestion_step,
     fully_offline_segments,
     offline_reason,
+    smoothed_speed,
 )
 
 FF = 80.0  # free-flow speed of the test segment
+# The rule's logic with a 3-of-4 window and 2 to clear (the pre-1-minute defaults): the evaluator
+# runs it each minute with 2 of 3 and 5 to clear (AlertSettings), tested below and end to end.
+P = CongestionParams(n=3, m=4, clear_k=2)
 
 
 def run(ratios: list[float | None], params: CongestionParams | None = None) -> list[str]:
@@ -25,9 +29,7 @@ def run(ratios: list[float | None], params: CongestionParams | None = None) -> l
     state = CongestionState()
     actions = []
     for r in ratios:
-        state, decision = congestion_step(
-            state, None if r is None else r * FF, FF, params or CongestionParams()
-        )
+        state, decision = congestion_step(state, None if r is None else r * FF, FF, params or P)
         actions.append(decision.action)
         state = CongestionState.from_json(state.to_json())  # as persisted between steps
     return actions
@@ -51,7 +53,7 @@ def test_repeat_while_congested_and_severity_follows_the_band() -> None:
     state = CongestionState()
     decisions = []
     for r in (0.4, 0.4, 0.4, 0.2):
-        state, d = congestion_step(state, r * FF, FF)
+        state, d = congestion_step(state, r * FF, FF, P)
         decisions.append(d)
     assert [d.action for d in decisions] == ["none", "none", "raise", "repeat"]
     assert decisions[2].severity == "minor" and decisions[2].band == "congested"
@@ -62,7 +64,7 @@ def test_repeat_while_congested_and_severity_follows_the_band() -> None:
 def test_a_raise_in_jam_is_major() -> None:
     state = CongestionState()
     for r in (0.2, 0.2, 0.2):
-        state, d = congestion_step(state, r * FF, FF)
+        state, d = congestion_step(state, r * FF, FF, P)
     assert d.action == "raise" and d.severity == "major"
 
 
@@ -135,3 +137,18 @@ def test_fully_offline_segments_only() -> None:
     by_segment = {"A": ["a1", "a2"], "B": ["b1"], "C": []}
     assert fully_offline_segments(by_segment, {"a1", "b1"}) == {"B"}
     assert fully_offline_segments(by_segment, {"a1", "a2"}) == {"A"}
+
+
+def test_minute_defaults_raise_on_two_of_three_and_clear_after_five_good() -> None:
+    minutes = CongestionParams()
+    assert (minutes.n, minutes.m, minutes.clear_k) == (2, 3, 5)
+    assert run([0.9, 0.4, 0.9, 0.9, 0.4], minutes) == ["none"] * 5  # never 2 of the last 3
+    acts = run([0.9, 0.4, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9], minutes)
+    assert acts == ["none", "none", "raise", "none", "none", "none", "none", "clear"]
+
+
+def test_smoothed_speed_is_the_flow_weighted_harmonic_mean() -> None:
+    # 1000 veh/h at 60 and 1000 at 20: the harmonic mean 30, not the arithmetic 40
+    assert smoothed_speed([(1000.0, 60.0), (1000.0, 20.0)]) == pytest.approx(30.0)
+    assert smoothed_speed([(None, 60.0), (None, None)]) == pytest.approx(60.0)
+    assert smoothed_speed([(500.0, None)]) is None

@@ -4,9 +4,12 @@ Why it is built this way:
 
 - **Data time, not wall time.** The simulator may replay history at 60x and a real feed can lag,
   so "the last 5 minutes" are the last 5 minutes of data (:func:`its.service.traffic.data_clock`).
-  A 5-min bucket is evaluated once it is complete: when the data clock has passed its end plus a
+  A minute is evaluated once it is complete: when the data clock has passed its end plus a
   grace period for late readings.
-- **Exactly once, across restarts.** Each step evaluates every complete bucket since the last one,
+- **Minutes for speed, 5-min buckets for the rest.** Congestion (on a smoothed rolling window)
+  and incidents run each minute so a jam or a blocked lane is raised within about 3 minutes;
+  detector health and bottlenecks (PeMS works on 5-min intervals) run as each 5-min bucket ends.
+- **Exactly once, across restarts.** Each step evaluates every complete minute since the last one,
   in order, and writes the rules' state, the evaluator's progress and the alert changes in one
   transaction: a crash replays nothing twice and skips nothing. A fresh database starts at most
   ``backfill_s`` (1 h) before the data clock.
@@ -37,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from its.alerts import state as rule_state
 from its.alerts import store
+from its.alerts.bottleneck_runner import BottleneckRunner
 from its.alerts.config import AlertSettings
 from its.alerts.health import (
     DETECTOR_FAULT,
@@ -50,7 +54,9 @@ from its.alerts.health import (
     diagnose,
     pct_good,
 )
+from its.alerts.incident_runner import IncidentRunner
 from its.alerts.rules import (
+    BAD,
     CONGESTION,
     FEED_STALLED,
     FEED_TARGET,
@@ -64,17 +70,26 @@ from its.alerts.rules import (
     fully_offline_segments,
     offline_message,
     offline_reason,
+    smoothed_speed,
 )
 from its.config import Settings
 from its.contract import AlertTopic, iso
 from its.db import schema
-from its.network import Network
-from its.service.traffic import data_clock, segment_buckets, station_last_seen, station_states
+from its.network import Network, Segment
+from its.service.traffic import (
+    SegmentInterval,
+    aggregate,
+    data_clock,
+    segment_buckets,
+    station_last_seen,
+    station_states,
+)
 from its.telemetry import AlertMetrics
 
 log = logging.getLogger("its.alerts")
 
 BUCKET_S = 300
+TICK_S = 60  # congestion and incidents run on each minute of data; health, bottlenecks on 5 min
 # pg_try_advisory_lock key: "ITSALRT" as an integer. Advisory locks are per database, so test
 # databases and separate deployments on one server never contend.
 LOCK_KEY = int.from_bytes(b"ITSALRT", "big")
@@ -111,7 +126,8 @@ class StepResult:
 
     leading: bool
     data_time: datetime | None = None
-    buckets: int = 0
+    buckets: int = 0  # 5-minute buckets completed (health, bottlenecks)
+    ticks: int = 0  # minutes evaluated (congestion, incidents)
     evaluated_until: datetime | None = None
     changes: list[store.Change] = field(default_factory=list)
     # complete buckets still to evaluate after this step (a step does at most max_buckets_per_step)
@@ -156,6 +172,9 @@ class Evaluator:
         self._stations_by_segment: dict[str, list[str]] = defaultdict(list)
         for st in network.stations:
             self._stations_by_segment[st.segment_id].append(st.station_id)
+        self._segment_of = {st.station_id: st.segment_id for st in network.stations}
+        self.incidents = IncidentRunner(network, self.cfg.incidents())
+        self.bottlenecks = BottleneckRunner(network, self.cfg.bottleneck())
         self._lock_conn: Connection | None = None
         self._leading = False
 
@@ -402,9 +421,11 @@ class Evaluator:
         offline: dict[str, tuple[str, datetime | None]],
         result: StepResult,
     ) -> None:
+        """Every complete minute since the last one, in order: congestion and incidents each
+        minute, detector health and bottlenecks at the end of each 5-minute bucket."""
         progress = rule_state.load_progress(conn)
         fresh_start = floor_bucket(now - timedelta(seconds=self.cfg.backfill_s))
-        complete_until = floor_bucket(now - timedelta(seconds=self.cfg.grace_s))
+        complete_until = floor_bucket(now - timedelta(seconds=self.cfg.grace_s), TICK_S)
         if progress is not None and progress > complete_until + timedelta(
             seconds=self.cfg.backfill_s
         ):
@@ -420,15 +441,31 @@ class Evaluator:
         start = progress or fresh_start
         limit = start + timedelta(seconds=BUCKET_S * self.cfg.max_buckets_per_step)
         end = min(complete_until, limit)
-        result.buckets_behind = max(int((complete_until - max(end, start)).total_seconds()), 0)
-        result.buckets_behind //= BUCKET_S
+        behind = max(int((complete_until - max(end, start)).total_seconds()), 0)
+        result.buckets_behind = -(-behind // BUCKET_S)
         if end <= start:
             return
-        rows = {
+        smooth = timedelta(seconds=self.cfg.congestion_smooth_s)
+        seg_minutes = {
             (si.segment_id, si.bucket_start): si
-            for si in segment_buckets(conn, self.network, start, end, BUCKET_S)
+            for si in segment_buckets(conn, self.network, start - smooth, end, TICK_S)
         }
-        samples = self._station_samples(conn, start - timedelta(seconds=self.health.window_s), end)
+        st_minutes = {
+            (i.target_id, i.bucket_start): i
+            for i in aggregate(
+                conn, self.network, "station", start - self.incidents.lookback, end, TICK_S
+            )
+        }
+        st_buckets: dict[tuple[str, datetime], Any] = {}
+        samples: dict[str, list[tuple[datetime, StationSample]]] = {}
+        if floor_bucket(end) > start:  # a 5-minute bucket ends in (start, end]
+            lo = floor_bucket(start)
+            hi = floor_bucket(end)
+            samples = self._station_samples(conn, lo - timedelta(seconds=self.health.window_s), hi)
+            st_buckets = {
+                (i.target_id, i.bucket_start): i
+                for i in aggregate(conn, self.network, "station", lo, hi, BUCKET_S)
+            }
         stored_health = rule_state.load(conn, DETECTOR_FAULT)
         health: dict[str, DetectorState] = {}
         for st in self.network.stations:
@@ -446,64 +483,111 @@ class Evaluator:
             if s.active != is_active:  # the alerts table is the truth if the two ever disagree
                 s = CongestionState(s.window, 0, is_active, s.severity if is_active else None)
             states[seg.segment_id] = s
+        self.incidents.load(conn, active)
+        self.bottlenecks.load(conn, active)
 
-        bucket = start
-        while bucket < end:
-            bucket_end = bucket + timedelta(seconds=BUCKET_S)
-            # Suppression uses each station's state at the bucket's time, not now: a station
-            # offline now but reporting back then does not blank its past buckets in a catch-up.
+        minute = start
+        while minute < end:
+            tick_end = minute + timedelta(seconds=TICK_S)
+            at_bucket = int(tick_end.timestamp()) % BUCKET_S == 0
+            # Suppression uses each station's state at the minute's time, not now: a station
+            # offline now but reporting back then does not blank its past minutes in a catch-up.
             offline_then = {
-                sid for sid, (_r, seen) in offline.items() if seen is None or seen < bucket_end
+                sid for sid, (_r, seen) in offline.items() if seen is None or seen < tick_end
             }
             suppressed = fully_offline_segments(self._stations_by_segment, offline_then)
-            summary = self._evaluate_health(conn, bucket_end, samples, health, result)
-            # A station diagnosed faulty suppresses the congestion its data would cause: its
-            # segment's buckets count as no data (neither raise nor clear) while the fault lasts.
-            suppressed |= {
-                st.segment_id for st in self.network.stations if health[st.station_id].active
-            }
+            if at_bucket:
+                summary = self._evaluate_health(conn, tick_end, samples, health, result)
+            # A station diagnosed faulty suppresses the traffic alerts its data would cause:
+            # its segment's minutes count as no data (neither raise nor clear) while it lasts.
+            faulty = {sid for sid, h in health.items() if h.active}
+            suppressed |= {self._segment_of[sid] for sid in faulty}
+            excluded = offline_then | faulty
+            if at_bucket:
+                bucket = tick_end - timedelta(seconds=BUCKET_S)
+                self.bottlenecks.interval(
+                    conn, bucket, tick_end, st_buckets, excluded, result.changes
+                )
+                result.buckets += 1
             for seg in self.network.segments:
-                sid = seg.segment_id
-                si = rows.get((sid, bucket))
-                speed = None if si is None or sid in suppressed else si.speed_kph
-                new, decision = congestion_step(states[sid], speed, seg.free_flow_kph, self.params)
-                states[sid] = new
-                details = {
-                    **decision.details,
-                    "bucket_start": iso(bucket),
-                    "pct_observed": None if si is None else round(si.pct_observed, 1),
-                }
-                if decision.action in ("raise", "repeat"):
-                    assert decision.severity is not None
-                    result.changes.append(
-                        store.raise_or_repeat(
-                            conn,
-                            CONGESTION,
-                            sid,
-                            decision.severity,
-                            congestion_message(seg.name, decision),
-                            details,
-                            bucket_end,
-                            target_kind="segment",
-                        )
-                    )
-                elif decision.action == "clear":
-                    change = store.clear(conn, CONGESTION, sid, bucket_end, details)
-                    if change is not None:
-                        result.changes.append(change)
-            result.buckets += 1
-            bucket = bucket_end
+                self._congestion_minute(
+                    conn, seg, minute, seg_minutes, suppressed, states, at_bucket, result
+                )
+            self.incidents.tick(conn, minute, st_minutes, excluded, at_bucket, result.changes)
+            result.ticks += 1
+            minute = tick_end
 
         for sid, s in states.items():
+            if not s.active and BAD not in s.window:
+                s = CongestionState()  # nothing that could count towards a raise
             if s.to_json() != stored.get(sid):
-                rule_state.save(conn, CONGESTION, sid, s.to_json(), now)
+                if s == CongestionState() and sid in stored:
+                    rule_state.forget(conn, CONGESTION, sid)
+                elif s != CongestionState():
+                    rule_state.save(conn, CONGESTION, sid, s.to_json(), now)
         for sid, h in health.items():
             if h.to_json() != stored_health.get(sid):
                 rule_state.save(conn, DETECTOR_FAULT, sid, h.to_json(), now)
+        self.incidents.save(conn, now)
+        self.bottlenecks.save(conn, now)
         if summary is not None:
             rule_state.save(conn, HEALTH_SUMMARY_RULE, "network", summary, now)
         rule_state.save_progress(conn, end, now)
         result.evaluated_until = end
+
+    def _congestion_minute(
+        self,
+        conn: Connection,
+        seg: Segment,
+        minute: datetime,
+        seg_minutes: dict[tuple[str, datetime], SegmentInterval],
+        suppressed: set[str],
+        states: dict[str, CongestionState],
+        at_bucket: bool,
+        result: StepResult,
+    ) -> None:
+        """One segment's congestion rule for the minute starting at ``minute``, on the speed
+        smoothed over the rolling window that ends with it. Repeats are written at 5-minute
+        boundaries (and on a change of severity), not every minute, to keep the history short."""
+        sid = seg.segment_id
+        tick_end = minute + timedelta(seconds=TICK_S)
+        window = [
+            seg_minutes.get((sid, tick_end - timedelta(seconds=TICK_S * k)))
+            for k in range(self.cfg.congestion_smooth_s // TICK_S, 0, -1)
+        ]
+        current = seg_minutes.get((sid, minute))
+        speed = None
+        if sid not in suppressed and current is not None and current.speed_kph is not None:
+            speed = smoothed_speed([(si.flow_vph, si.speed_kph) for si in window if si])
+        before = states[sid]
+        new, decision = congestion_step(before, speed, seg.free_flow_kph, self.params)
+        states[sid] = new
+        details = {
+            **decision.details,
+            "minute_start": iso(minute),
+            "smoothed_s": self.cfg.congestion_smooth_s,
+            "pct_observed": None if current is None else round(current.pct_observed, 1),
+        }
+        if decision.action == "raise" or (
+            decision.action == "repeat" and (at_bucket or decision.severity != before.severity)
+        ):
+            assert decision.severity is not None
+            result.changes.append(
+                store.raise_or_repeat(
+                    conn,
+                    CONGESTION,
+                    sid,
+                    decision.severity,
+                    congestion_message(seg.name, decision),
+                    details,
+                    tick_end,
+                    target_kind="segment",
+                )
+            )
+        elif decision.action == "clear":
+            change = store.clear(conn, CONGESTION, sid, tick_end, details)
+            if change is not None:
+                result.changes.append(change)
 
     def _station_samples(
         self, conn: Connection, start: datetime, end: datetime
@@ -670,7 +754,7 @@ def run_evaluator(
                 result = evaluator.step()
                 if metrics is not None:
                     _observe(metrics, result, time.perf_counter() - started)
-                catching_up = result.buckets >= evaluator.cfg.max_buckets_per_step
+                catching_up = result.buckets_behind > 0
                 if result.leading != was_leading and not result.leading:
                     log.info("alerts evaluator on standby: another instance leads")
                 was_leading = result.leading

@@ -4,14 +4,15 @@ Each rule turns (its previous state, one new observation of its target) into (it
 decision). The state is a small frozen value with a JSON form, so the evaluator can persist it next
 to the alert changes and a restart resumes exactly; tests drive the rules with plain numbers.
 
-Congestion (per segment, on 5-min buckets, v / free-flow ratio):
+Congestion (per segment, each minute, on the speed smoothed over a rolling window of the newest
+minutes - :func:`smoothed_speed` - as a v / free-flow ratio; "bucket" below is that minute):
 
 - a bucket is *bad* below ``raise_below`` (0.5: the "congested" band or worse), *good* at or above
   ``clear_at`` (0.6, a little above the "slow" band's floor: hysteresis, so a segment hovering
   around 0.5 does not flap), *mid* in between, and *no data* when there is no speed;
-- raise when ``n`` of the last ``m`` buckets are bad (3 of 4: persistence, one slow bucket is
+- raise when ``n`` of the last ``m`` minutes are bad (2 of 3: persistence, one slow minute is
   noise); severity ``major`` when the bucket is jammed (below ``major_below``, 0.25), else ``minor``;
-- clear after ``clear_k`` consecutive good buckets (2); a mid bucket restarts that count;
+- clear after ``clear_k`` consecutive good minutes (5); a mid minute restarts that count;
 - a no-data bucket neither raises nor clears ("no data" is not "OK"): it takes a place in the
   window (old evidence ages out) but leaves the good streak as it was.
 
@@ -49,9 +50,9 @@ class CongestionParams:
     raise_below: float = 0.5
     clear_at: float = 0.6
     major_below: float = 0.25
-    n: int = 3
-    m: int = 4
-    clear_k: int = 2
+    n: int = 2
+    m: int = 3
+    clear_k: int = 5
 
     def __post_init__(self) -> None:
         if not 0 < self.major_below <= self.raise_below <= self.clear_at <= 1.5:
@@ -131,7 +132,7 @@ def congestion_step(
     free_flow_kph: float,
     params: CongestionParams = CongestionParams(),  # noqa: B008 - frozen, so a safe default
 ) -> tuple[CongestionState, Decision]:
-    """Advance one segment's congestion rule by one 5-min bucket."""
+    """Advance one segment's congestion rule by one step (a minute, in the evaluator)."""
     ratio = speed_kph / free_flow_kph if speed_kph is not None and free_flow_kph > 0 else None
     band = classify_band(speed_kph, free_flow_kph, "ratio")
     outcome = bucket_outcome(ratio, params)
@@ -169,6 +170,20 @@ def congestion_step(
         # A new episode must prove its persistence afresh: forget the old bad buckets.
         return CongestionState((), 0, False, None), decide("clear")
     return CongestionState(window, streak, True, state.severity), decide("none")
+
+
+def smoothed_speed(minutes: Iterable[tuple[float | None, float | None]]) -> float | None:
+    """The flow-weighted harmonic mean speed over a rolling window of (flow, speed) minutes
+    (GUIDE section 5: sum(q) / sum(q / v)); minutes without a speed are left out, a minute
+    without a flow weighs as one. None when no minute has a speed."""
+    q_sum = q_over_v = 0.0
+    for flow, speed in minutes:
+        if speed is None or speed <= 0:
+            continue
+        q = flow if flow else 1.0
+        q_sum += q
+        q_over_v += q / speed
+    return q_sum / q_over_v if q_over_v > 0 else None
 
 
 def congestion_message(segment_name: str, decision: Decision) -> str:

@@ -313,3 +313,48 @@ class LaneSeries(BaseModel):
     start: datetime
     end: datetime
     points: list[LanePointOut]
+
+
+class BottleneckOut(BaseModel):
+    """One active-bottleneck episode (PeMS method, docs/alerts.md): where, when, how far the
+    queue reached and the delay it caused against 60 km/h."""
+
+    id: int
+    head_station_id: str
+    downstream_station_id: str
+    segment_id: str
+    corridor_id: str
+    direction: str
+    active: bool
+    started_at: datetime
+    detected_at: datetime
+    last_seen: datetime
+    ended_at: datetime | None
+    duration_min: float
+    intervals: int
+    delay_veh_h: float
+    max_extent_km: float
+    farthest_station_id: str | None
+    alert_id: int | None
+
+
+class BottleneckDayOut(BaseModel):
+    """One head station on one local day (the network's time zone)."""
+
+    day: str
+    head_station_id: str
+    segment_id: str
+    corridor_id: str
+    direction: str
+    episodes: int
+    active_min: float
+    delay_veh_h: float
+    max_extent_km: float
+
+
+class BottlenecksOut(BaseModel):
+    start: datetime
+    end: datetime
+    timezone: str
+    episodes: list[BottleneckOut]
+    daily: list[BottleneckDayOut]

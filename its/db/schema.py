@@ -185,6 +185,29 @@ rule_state = Table(
     "resumes exactly.",
 )
 
+bottlenecks = Table(
+    "bottlenecks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("head_station_id", String(64), nullable=False, comment="last queued station"),
+    Column("downstream_station_id", String(64), nullable=False, comment="next station, fast"),
+    Column("segment_id", String(64), nullable=False, comment="segment of the head station"),
+    Column("corridor_id", String(64), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False, comment="first qualifying 5-min interval"),
+    Column("detected_at", UTCDateTime, nullable=False, comment="when n of m intervals held"),
+    Column("last_seen", UTCDateTime, nullable=False, comment="end of the last qualifying one"),
+    Column("ended_at", UTCDateTime, nullable=True, comment="null while active"),
+    Column("intervals", Integer, nullable=False, comment="qualifying 5-min intervals"),
+    Column("delay_veh_h", Float, nullable=False, comment="delay against 60 km/h over the queue"),
+    Column("max_extent_km", Float, nullable=False, comment="longest queue upstream of the head"),
+    Column("farthest_station_id", String(64), nullable=True, comment="end of that queue"),
+    Column("alert_id", ForeignKey("alerts.id", ondelete="SET NULL"), nullable=True),
+    Index("ix_bottlenecks_started_at", "started_at"),
+    Index("ix_bottlenecks_head_station_id", "head_station_id"),
+    comment="Bottleneck episodes (PeMS method) kept by the alerts evaluator for analysts.",
+)
+
 # --------------------------------------------------------------------------- identity
 # People (users, their sessions and one-time sign-in links), programs (API keys) and the audit
 # log (its/auth). Only hashes of session tokens, sign-in links and key secrets are stored: a copy

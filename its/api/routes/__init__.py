@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from its.api.routes import aggregates, alerts, audit, export, measures, network, stations
+from its.api.routes import (
+    aggregates,
+    alerts,
+    audit,
+    bottlenecks,
+    export,
+    measures,
+    network,
+    stations,
+)
 from its.api.schemas import ErrorOut
 from its.api.security import authorize
 
@@ -24,5 +33,5 @@ api_router = APIRouter(
         },
     },
 )
-for module in (network, stations, aggregates, measures, export, alerts, audit):
+for module in (network, stations, aggregates, measures, export, alerts, bottlenecks, audit):
     api_router.include_router(module.router)
