@@ -38,6 +38,13 @@ from sqlalchemy.engine import Connection, Engine
 from its.alerts import state as rule_state
 from its.alerts import store
 from its.alerts.config import AlertSettings
+from its.alerts.gateways import (
+    GATEWAY_OFFLINE,
+    gateway_message,
+    merge_suppressed,
+    newest,
+    silent_gateways,
+)
 from its.alerts.health import (
     DETECTOR_FAULT,
     DetectorState,
@@ -57,6 +64,7 @@ from its.alerts.rules import (
     STATION_OFFLINE,
     CongestionState,
     StationView,
+    bucket_outcome,
     congestion_message,
     congestion_step,
     feed_stalled,
@@ -156,6 +164,7 @@ class Evaluator:
         self._stations_by_segment: dict[str, list[str]] = defaultdict(list)
         for st in network.stations:
             self._stations_by_segment[st.segment_id].append(st.station_id)
+        self._gateways = network.gateways()
         self._lock_conn: Connection | None = None
         self._leading = False
 
@@ -276,6 +285,9 @@ class Evaluator:
             clock = max(now, min(now + (wall - last_any), wall))
         offline = self._offline_stations(conn, clock, wall, received, active)
         stalled = feed_stalled(last_any, wall, self.cfg.feed_stall_s)
+        # Stations behind one gateway that are all silent: one gateway alert covers them.
+        gateways_down = silent_gateways(self._gateways, offline, set(received) | set(offline))
+        covered = {sid: gw for gw, sids in gateways_down.items() for sid in sids}
 
         # Feed stalled: one critical alert instead of an offline alarm per station.
         if stalled:
@@ -310,22 +322,81 @@ class Evaluator:
         # stall is the root cause, and its alert lists the stations it suppresses.
         if not stalled:
             for sid, (reason, last_seen) in sorted(offline.items()):
-                if (STATION_OFFLINE, sid) not in active:
+                if (STATION_OFFLINE, sid) not in active and sid not in covered:
                     result.changes.append(_raise_offline(conn, sid, reason, last_seen, at))
             for (rule, sid), _alert in sorted(active.items()):
-                if rule == STATION_OFFLINE and sid not in offline:
-                    change = store.clear(conn, STATION_OFFLINE, sid, at, {"reason": "data flows"})
+                if rule == STATION_OFFLINE and (sid not in offline or sid in covered):
+                    why = (
+                        {"reason": "gateway-offline", "gateway_id": covered[sid]}
+                        if sid in covered
+                        else {"reason": "data flows"}
+                    )
+                    change = store.clear(conn, STATION_OFFLINE, sid, at, why)
                     if change is not None:
                         result.changes.append(change)
+            result.changes += self._gateway_alerts(conn, gateways_down, offline, active, at)
 
         # Congestion: every complete 5-min bucket since the last one, in order.
         if now is not None and clock is not None:
-            self._evaluate_buckets(conn, clock, active, offline, result)
+            self._evaluate_buckets(conn, clock, active, offline, result, covered=covered)
             if result.buckets and not stalled:
                 for sid, (reason, last_seen) in offline.items():
-                    if (STATION_OFFLINE, sid) in active:
+                    if (STATION_OFFLINE, sid) in active and sid not in covered:
                         _raise_offline(conn, sid, reason, last_seen, at)
+                for gw, sids in gateways_down.items():
+                    if (GATEWAY_OFFLINE, gw) in active:
+                        self._raise_gateway(conn, gw, sids, offline, at)
         return result
+
+    def _gateway_alerts(
+        self,
+        conn: Connection,
+        down: dict[str, list[str]],
+        offline: dict[str, tuple[str, datetime | None]],
+        active: dict[tuple[str, str], store.AlertRecord],
+        at: datetime,
+    ) -> list[store.Change]:
+        """Raise a gateway-offline alert for each gateway newly down (or whose list of silent
+        stations changed), and clear those of gateways with a station reporting again."""
+        changes = []
+        for gw, sids in sorted(down.items()):
+            current = active.get((GATEWAY_OFFLINE, gw))
+            if current is None or current.details.get("stations") != sids:
+                changes.append(self._raise_gateway(conn, gw, sids, offline, at))
+        for (rule, gw), _alert in sorted(active.items()):
+            if rule == GATEWAY_OFFLINE and gw not in down:
+                change = store.clear(conn, GATEWAY_OFFLINE, gw, at, {"reason": "data flows"})
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    def _raise_gateway(
+        self,
+        conn: Connection,
+        gateway_id: str,
+        stations: list[str],
+        offline: dict[str, tuple[str, datetime | None]],
+        at: datetime,
+    ) -> store.Change:
+        last_seen = newest(offline[sid][1] for sid in stations)
+        details: dict[str, Any] = {
+            "stations": stations,
+            "reasons": sorted({offline[sid][0] for sid in stations}),
+            "last_seen": iso(last_seen),
+            # one alert instead of these stations' station-offline alarms
+            "suppressed_offline": stations,
+        }
+        return store.raise_or_repeat(
+            conn,
+            GATEWAY_OFFLINE,
+            gateway_id,
+            "major",
+            gateway_message(gateway_id, stations, last_seen),
+            details,
+            at,
+            target_kind="gateway",
+            keep=("suppressed",),
+        )
 
     def _last_received(self, conn: Connection, since: datetime | None) -> dict[str, datetime]:
         """Station id -> wall time the server last received anything from it: a reading (in
@@ -401,6 +472,8 @@ class Evaluator:
         active: dict[tuple[str, str], Any],
         offline: dict[str, tuple[str, datetime | None]],
         result: StepResult,
+        *,
+        covered: dict[str, str] | None = None,
     ) -> None:
         progress = rule_state.load_progress(conn)
         fresh_start = floor_bucket(now - timedelta(seconds=self.cfg.backfill_s))
@@ -447,6 +520,8 @@ class Evaluator:
                 s = CongestionState(s.window, 0, is_active, s.severity if is_active else None)
             states[seg.segment_id] = s
 
+        # (root-cause alert) -> (rule, target) of the traffic alert it held back -> [buckets, last]
+        held: dict[tuple[str, str], dict[tuple[str, str], list[Any]]] = defaultdict(dict)
         bucket = start
         while bucket < end:
             bucket_end = bucket + timedelta(seconds=BUCKET_S)
@@ -466,6 +541,10 @@ class Evaluator:
                 sid = seg.segment_id
                 si = rows.get((sid, bucket))
                 speed = None if si is None or sid in suppressed else si.speed_kph
+                if sid in suppressed and si is not None:
+                    self._note_suppressed(
+                        held, seg, si.speed_kph, bucket, offline_then, health, covered or {}
+                    )
                 new, decision = congestion_step(states[sid], speed, seg.free_flow_kph, self.params)
                 states[sid] = new
                 details = {
@@ -502,8 +581,56 @@ class Evaluator:
                 rule_state.save(conn, DETECTOR_FAULT, sid, h.to_json(), now)
         if summary is not None:
             rule_state.save(conn, HEALTH_SUMMARY_RULE, "network", summary, now)
+        self._record_suppressed(conn, held, active)
         rule_state.save_progress(conn, end, now)
         result.evaluated_until = end
+
+    def _note_suppressed(
+        self,
+        held: dict[tuple[str, str], dict[tuple[str, str], list[Any]]],
+        seg: Any,
+        raw_speed: float | None,
+        bucket: datetime,
+        offline_then: set[str],
+        health: dict[str, DetectorState],
+        covered: dict[str, str],
+    ) -> None:
+        """Remember that the stations blanking ``seg`` held back a congestion bucket its data
+        would have counted as bad (a blanked bucket that was fine suppressed nothing)."""
+        ratio = raw_speed / seg.free_flow_kph if raw_speed is not None else None
+        if bucket_outcome(ratio, self.params) != "bad":
+            return
+        causes = set()
+        for st_id in self._stations_by_segment[seg.segment_id]:
+            if health[st_id].active:
+                causes.add((DETECTOR_FAULT, st_id))
+            elif st_id in offline_then:
+                gw = covered.get(st_id)
+                causes.add((GATEWAY_OFFLINE, gw) if gw else (STATION_OFFLINE, st_id))
+        for cause in causes:
+            entry = held[cause].setdefault((CONGESTION, seg.segment_id), [0, ""])
+            entry[0] += 1
+            entry[1] = max(entry[1], iso(bucket) or "")
+
+    def _record_suppressed(
+        self,
+        conn: Connection,
+        held: dict[tuple[str, str], dict[tuple[str, str], list[Any]]],
+        active: dict[tuple[str, str], store.AlertRecord],
+    ) -> None:
+        """Write on each root-cause alert which traffic alerts it suppressed, and on an active
+        traffic alert which alerts hold it back (the operator sees why it does not move)."""
+        holders: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for (rule, target), new in held.items():
+            row = store.active_alerts(conn, rule).get((rule, target))
+            previous = row.details.get("suppressed") if row is not None else None
+            merged = merge_suppressed(previous, {k: (n, last) for k, (n, last) in new.items()})
+            store.annotate(conn, rule, target, {"suppressed": merged})
+            for key in new:
+                holders[key].add(f"{rule}:{target}")
+        for (rule, target), by in holders.items():
+            if (rule, target) in active:
+                store.annotate(conn, rule, target, {"suppressed_by": sorted(by)})
 
     def _station_samples(
         self, conn: Connection, start: datetime, end: datetime
@@ -606,6 +733,7 @@ class Evaluator:
                         details,
                         bucket_end,
                         target_kind="station",
+                        keep=("suppressed",),
                     )
                 )
             elif action == "clear":
@@ -635,6 +763,7 @@ def _raise_offline(
         {"reason": reason, "last_seen": iso(last_seen)},
         at,
         target_kind="station",
+        keep=("suppressed",),
     )
 
 
