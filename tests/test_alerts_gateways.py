@@ -4,8 +4,10 @@ backends through the real evaluator."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -210,3 +212,27 @@ def test_a_faulty_detector_says_which_congestion_it_suppressed(
     assert held["rule"] == "congestion" and held["target_id"] == SEG
     assert held["buckets"] == 3  # buckets 01:00, 01:05, 01:10: all blanked by the fault
     assert held["last_bucket"] == (T0 + 2 * FIVE_MIN).isoformat().replace("+00:00", "Z")
+
+
+def test_a_simulated_gateway_outage_silences_its_stations_and_is_in_the_truth(
+    network: Network, tmp_path: Path
+) -> None:
+
+    from sim.model import TrafficModel
+    from sim.truth import load_scenario_file, truth_records
+
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps({"gateways": [{"gateway": GW, "start": "+5m", "duration": "10m"}]}))
+    scenario = load_scenario_file(path, T0, network)
+    model = TrafficModel(network, seed=3, scenario=scenario)
+    during = {o.station_id for o in model.observations(T0 + timedelta(minutes=6))}
+    after = {o.station_id for o in model.observations(T0 + timedelta(minutes=16))}
+    assert not during & set(GW_STATIONS) and len(during) == len(network.stations) - 4
+    assert set(GW_STATIONS) <= after
+    truth = list(truth_records(scenario))
+    assert [(r["station"], r["kind"], r["gateway"]) for r in truth] == [
+        (sid, "silent", GW) for sid in GW_STATIONS
+    ]
+    path.write_text(json.dumps({"gateways": [{"gateway": "GW-NOPE", "start": "+5m"}]}))
+    with pytest.raises(Exception, match="unknown gateway 'GW-NOPE'"):
+        load_scenario_file(path, T0, network)
