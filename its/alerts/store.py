@@ -327,3 +327,11 @@ def annotate(conn: Connection, rule: str, target: str, patch: dict[str, Any]) ->
     a = schema.alerts
     conn.execute(update(a).where(a.c.id == row.id).values(details={**row.details, **patch}))
     return True
+
+
+def alerts_where(conn: Connection, *where: Any, limit: int = 100) -> list[AlertRecord]:
+    """Alerts matching SQL conditions on ``schema.alerts``, newest first (for views over one
+    target's history, such as a station's fault history)."""
+    a = schema.alerts
+    stmt = select(a).where(*where).order_by(a.c.raised_at.desc(), a.c.id.desc()).limit(limit)
+    return [_record(r) for r in conn.execute(stmt)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from its.api.routes import aggregates, alerts, audit, network, stations
+from its.api.routes import aggregates, alerts, audit, detectors, network, stations
 from its.api.schemas import ErrorOut
 from its.api.security import authorize
 
@@ -24,5 +24,5 @@ api_router = APIRouter(
         },
     },
 )
-for module in (network, stations, aggregates, alerts, audit):
+for module in (network, stations, aggregates, alerts, audit, detectors):
     api_router.include_router(module.router)
