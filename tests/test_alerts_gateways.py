@@ -236,3 +236,26 @@ def test_a_simulated_gateway_outage_silences_its_stations_and_is_in_the_truth(
     path.write_text(json.dumps({"gateways": [{"gateway": "GW-NOPE", "start": "+5m"}]}))
     with pytest.raises(Exception, match="unknown gateway 'GW-NOPE'"):
         load_scenario_file(path, T0, network)
+
+
+def test_a_dead_feed_raises_no_station_or_gateway_alarm_before_the_stall(
+    engine: Engine, network: Network
+) -> None:
+    """With the defaults a station is offline after 90 s and the feed stalled after 120 s: when
+    everything stops, the 90 s mark must not raise an alarm per station or gateway."""
+    last = datetime.now(UTC)
+    for seg in network.segments[:12]:  # 24 stations behind 6 gateways
+        feed(engine, network, seg.segment_id, T0, 10, ratio=0.9, received_at=last)
+    wall = [last]
+    ev = Evaluator(
+        engine, network, alert_settings=AlertSettings(_env_file=None), wall_clock=lambda: wall[0]
+    )
+    _open.append(ev)
+    seen = []
+    for s in range(0, 130, 10):
+        wall[0] = last + timedelta(seconds=s)
+        seen += [(s, c.alert.rule) for c in ev.step().events("raised")]
+    assert seen == [(120, "feed-stalled")]
+    with engine.connect() as conn:
+        stalled = store.active_alerts(conn)[("feed-stalled", "feed")]
+    assert len(stalled.details["suppressed_offline"]) == 24

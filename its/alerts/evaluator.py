@@ -40,6 +40,7 @@ from its.alerts import store
 from its.alerts.config import AlertSettings
 from its.alerts.gateways import (
     GATEWAY_OFFLINE,
+    feed_quiet,
     gateway_message,
     merge_suppressed,
     newest,
@@ -285,6 +286,10 @@ class Evaluator:
             clock = max(now, min(now + (wall - last_any), wall))
         offline = self._offline_stations(conn, clock, wall, received, active)
         stalled = feed_stalled(last_any, wall, self.cfg.feed_stall_s)
+        # Nothing from anyone for an offline period: hold station alarms for the stall decision.
+        hold = stalled or feed_quiet(
+            last_any, wall, self.cfg.offline_periods * self.cfg.default_period_s
+        )
         # Stations behind one gateway that are all silent: one gateway alert covers them.
         gateways_down = silent_gateways(self._gateways, offline, set(received) | set(offline))
         covered = {sid: gw for gw, sids in gateways_down.items() for sid in sids}
@@ -320,7 +325,7 @@ class Evaluator:
         # Station offline: checked every step (seconds matter), raised and cleared at data time.
         # While the feed is stalled no new offline alarm is raised and none is cleared: the
         # stall is the root cause, and its alert lists the stations it suppresses.
-        if not stalled:
+        if not hold:
             for sid, (reason, last_seen) in sorted(offline.items()):
                 if (STATION_OFFLINE, sid) not in active and sid not in covered:
                     result.changes.append(_raise_offline(conn, sid, reason, last_seen, at))
@@ -339,7 +344,7 @@ class Evaluator:
         # Congestion: every complete 5-min bucket since the last one, in order.
         if now is not None and clock is not None:
             self._evaluate_buckets(conn, clock, active, offline, result, covered=covered)
-            if result.buckets and not stalled:
+            if result.buckets and not hold:
                 for sid, (reason, last_seen) in offline.items():
                     if (STATION_OFFLINE, sid) in active and sid not in covered:
                         _raise_offline(conn, sid, reason, last_seen, at)

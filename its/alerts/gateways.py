@@ -83,3 +83,14 @@ def merge_suppressed(
         if entry["last_bucket"] is None or last > entry["last_bucket"]:
             entry["last_bucket"] = last
     return sorted(merged.values(), key=lambda e: (e["rule"], e["target_id"]))
+
+
+def feed_quiet(last_received: datetime | None, wall: datetime, offline_after_s: float) -> bool:
+    """True when nothing at all has arrived for as long as makes a station offline.
+
+    Then every station would be called offline at once, although the cause is one (the feed,
+    the broker, ingest): station and gateway alarms wait for the feed-stalled decision, which
+    either raises one critical alert and suppresses them, or sees data again and raises nothing.
+    Without this hold a dead feed raised an alarm per station (or gateway) 30 s before the stall.
+    """
+    return last_received is not None and (wall - last_received).total_seconds() >= offline_after_s
