@@ -78,7 +78,7 @@ from its.config import Settings
 from its.contract import AlertTopic, iso
 from its.db import schema
 from its.network import Network
-from its.service.traffic import data_clock, segment_buckets, station_last_seen, station_states
+from its.service.traffic import data_clock, segment_buckets, station_states
 from its.telemetry import AlertMetrics
 
 log = logging.getLogger("its.alerts")
@@ -130,6 +130,15 @@ class StepResult:
         return [c for c in self.changes if kind is None or c.event == kind]
 
 
+@dataclass(frozen=True)
+class _Recent:
+    """One station in the look-back window: newest interval start, period, last receipt."""
+
+    last_start: datetime
+    period_s: int
+    received: datetime
+
+
 @dataclass
 class EvaluatorStats:
     steps: int = 0
@@ -167,6 +176,8 @@ class Evaluator:
             self._stations_by_segment[st.segment_id].append(st.station_id)
         self._gateways = network.gateways()
         self._lock_conn: Connection | None = None
+        # one step's look-back query, shared by the receipt and silence checks of that step
+        self._recent_cache: tuple[datetime, Connection, dict[str, _Recent]] | None = None
         self._leading = False
 
     # ------------------------------------------------------------------ leadership
@@ -241,7 +252,10 @@ class Evaluator:
         if not self.try_lead():
             return StepResult(leading=False)
         with self.engine.begin() as conn:
-            result = self._evaluate(conn)
+            try:
+                result = self._evaluate(conn)
+            finally:
+                self._recent_cache = None
         self.stats.steps += 1
         self.stats.buckets += result.buckets
         for change in result.changes:
@@ -406,17 +420,10 @@ class Evaluator:
     def _last_received(self, conn: Connection, since: datetime | None) -> dict[str, datetime]:
         """Station id -> wall time the server last received anything from it: a reading (in
         the look-back window of data time, an index range) or a state message."""
-        r, s = schema.readings, schema.station_status
+        s = schema.station_status
         out: dict[str, datetime] = {}
         if since is not None:
-            q = (
-                select(r.c.station_id, func.max(r.c.received_at))
-                .where(r.c.interval_start >= since)
-                .group_by(r.c.station_id)
-            )
-            for sid, at in conn.execute(q):
-                if at is not None:
-                    out[sid] = r.c.received_at.type.process_result_value(at, conn.dialect)
+            out = {sid: recent.received for sid, recent in self._recent(conn, since).items()}
         for sid, at in conn.execute(select(s.c.station_id, s.c.updated_at)):
             if at is not None and (sid not in out or at > out[sid]):
                 out[sid] = at
@@ -433,8 +440,9 @@ class Evaluator:
         """Station id -> (reason, last seen) for every station judged offline now."""
         states = station_states(conn)
         since = (now - timedelta(hours=1)) if now is not None else None
-        last_seen = station_last_seen(conn, since=since) if now is not None else {}
-        periods = self._periods(conn, since) if now is not None else {}
+        recent = self._recent(conn, since) if since is not None else {}
+        last_seen = {sid: x.last_start + timedelta(seconds=x.period_s) for sid, x in recent.items()}
+        periods = {sid: x.period_s for sid, x in recent.items()}
         out: dict[str, tuple[str, datetime | None]] = {}
         for st in self.network.stations:
             sid = st.station_id
@@ -462,13 +470,43 @@ class Evaluator:
                 out[sid] = (reason, last_seen.get(sid))
         return out
 
-    def _periods(self, conn: Connection, since: datetime | None) -> dict[str, int]:
-        """Each station's reporting period in the look-back window (the rule counts periods)."""
+    def _recent(self, conn: Connection, since: datetime) -> dict[str, _Recent]:
+        """Each station's newest interval start, reporting period and receipt time in the
+        look-back window [since, ...), in one pass over that window's rows.
+
+        The window is a MATERIALIZED CTE: with a plain GROUP BY, SQLite walks the whole readings
+        table along the (station, lane, time) key to group it, a full scan every step that grew
+        with the history (0.1 s per step after an hour of 96 stations, seconds after a day of a
+        city); materialized, it reads the window through the time index. PostgreSQL 12+ and
+        SQLite 3.35+ both accept it."""
+        cached = self._recent_cache
+        if cached is not None and cached[0] == since and cached[1] is conn:
+            return cached[2]
         r = schema.readings
-        q = select(r.c.station_id, func.max(r.c.period_s)).group_by(r.c.station_id)
-        if since is not None:
-            q = q.where(r.c.interval_start >= since)
-        return {sid: int(p) for sid, p in conn.execute(q) if p}
+        window = (
+            select(r.c.station_id, r.c.interval_start, r.c.period_s, r.c.received_at)
+            .where(r.c.interval_start >= since)
+            .cte("recent_window")
+            .prefix_with("MATERIALIZED")
+        )
+        q = select(
+            window.c.station_id,
+            func.max(window.c.interval_start),
+            func.max(window.c.period_s),
+            func.max(window.c.received_at),
+        ).group_by(window.c.station_id)
+        process = r.c.received_at.type.process_result_value
+        out = {
+            sid: _Recent(
+                process(last, conn.dialect),
+                int(period or self.cfg.default_period_s),
+                process(received, conn.dialect),
+            )
+            for sid, last, period, received in conn.execute(q)
+            if last is not None
+        }
+        self._recent_cache = (since, conn, out)
+        return out
 
     def _evaluate_buckets(
         self,
