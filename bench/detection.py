@@ -58,6 +58,7 @@ from its.db import migrate, schema
 from its.db.engine import make_engine
 from its.db.writes import insert_readings, reading_rows
 from its.network import Network, load_network, network_from_geojson
+from its.service import detector_health
 from sim.model import TrafficModel
 from sim.scenario import Incident, Scenario, SensorFault, gateway_outage
 
@@ -406,7 +407,7 @@ def score(
             continue
         used.add(hit.id)
         ttds.append(max(0.0, (hit.raised_at - ep.start).total_seconds()))
-    false = 0
+    false: list[str] = []
     for al in alerts:
         if al.id in used:
             continue
@@ -414,7 +415,9 @@ def score(
             al.target_id in names(ep) and ep.start - before <= al.raised_at <= ep.end + after
             for ep in (*truth, *excuse)
         )
-        false += 0 if ok else 1
+        if not ok:
+            what = al.details.get("diagnosis") or al.details.get("reason") or ""
+            false.append(f"{al.target_id}@{al.raised_at:%m-%dT%H:%M} {what}".strip())
     out: dict[str, Any] = {
         "truth": len(truth),
         "unscorable": unscorable,
@@ -422,8 +425,8 @@ def score(
         "detection_rate": round(len(ttds) / len(truth), 3) if truth else None,
         **_ttd_stats(ttds),
         "alerts": len(alerts),
-        "false_alarms": false,
-        "false_per_1000_station_h": round(1000 * false / station_hours, 2),
+        "false_alarms": len(false),
+        "false_per_1000_station_h": round(1000 * len(false) / station_hours, 2),
     }
     if within is not None:
         n = sum(1 for x in ttds if x <= within.total_seconds())
@@ -432,6 +435,8 @@ def score(
         )
     if missed:
         out["missed"] = missed[:20]
+    if false:
+        out["false"] = false[:20]
     return out
 
 
@@ -668,6 +673,11 @@ def main() -> None:
         began = time.monotonic()
         replayed = replay(db.engine, network, model, cfg, start, end)
         alerts = alerts_of(db.engine, replayed["last_alert_id"])
+        t0 = time.perf_counter()
+        with db.engine.connect() as conn:  # what GET /api/v1/health/detectors computes
+            health = detector_health.detector_health(conn, network)
+        replayed["detector_health_s"] = round(time.perf_counter() - t0, 3)
+        replayed["pct_good_at_end"] = health["network"]["pct_good"]
         station_hours = len(network.stations) * hours
         rules = score_all(
             network,
@@ -710,6 +720,8 @@ def main() -> None:
                 "write_s",
                 "evaluate_s",
                 "evaluator_ms_per_step",
+                "detector_health_s",
+                "pct_good_at_end",
             )
         }
         | {"wall_s": round(wall_s, 1)},
