@@ -35,6 +35,7 @@ import json
 import math
 import pkgutil
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -214,9 +215,7 @@ class Store:
             with self.admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)'))
             self.admin.dispose()
-        for f in self.tmp.iterdir():
-            f.unlink()
-        self.tmp.rmdir()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _no_sync(dbapi_conn: Any, _record: Any) -> None:
