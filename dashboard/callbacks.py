@@ -40,6 +40,14 @@ def register_callbacks(app: Dash, d: views.Dashboard) -> None:
         return await asyncio.to_thread(views.alerts_view, d, current_identity(app))
 
     @app.callback(
+        Output(ids.feed_banner, "children"),
+        Output(ids.feed_banner, "className"),
+        Input(ids.interval, "n_intervals"),
+    )
+    async def refresh_feed_banner(_n: int) -> tuple[Any, Any]:
+        return await asyncio.to_thread(views.feed_banner_view, d)
+
+    @app.callback(
         Output(ids.ack_message, "children"),
         Output(ids.ack_version, "data"),
         Input(ids.ack_button(ALL), "n_clicks"),

@@ -32,6 +32,7 @@ class ids:  # noqa: N801 - the Dash All-in-One convention spells it lower case
     ack_version = _id("ack-version")
     segment_graph = _id("segment-chart")
     selected_segment = _id("selected-segment")
+    feed_banner = _id("feed-banner")
 
     @staticmethod
     def ack_button(alert_id: int | Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def kpi_cards(kpis: Mapping[str, Any] | None) -> list[html.Div]:
     reporting = k.get("stations_reporting")
     offline = k.get("stations_offline")
     congested = k.get("congested_km") if has_data else None
+    pct_good = k.get("pct_good_detectors") if has_data else None
     return [
         _card(
             "Network mean speed",
@@ -73,7 +74,50 @@ def kpi_cards(kpis: Mapping[str, Any] | None) -> list[html.Div]:
             tone="alarm" if offline else "",
             kid="kpi-offline",
         ),
+        _card(
+            "Good detectors",
+            figures.fmt_number(pct_good, digits=1),
+            "%" if k.get("detectors_good") is None else f"% ({k['detectors_good']}/{total})",
+            tone=_good_detector_tone(pct_good),
+            kid="kpi-good-detectors",
+        ),
     ]
+
+
+def _good_detector_tone(pct_good: float | None) -> str:
+    """PeMS districts aim for 90%+ good detectors: below that the figures are shaky."""
+    if pct_good is None:
+        return ""
+    return "alarm" if pct_good < 75 else "warn" if pct_good < 90 else ""
+
+
+# --------------------------------------------------------------------------- feed banner
+
+
+def feed_banner(
+    alert: Mapping[str, Any] | None, wall_time: datetime, tz: tzinfo | str | None = None
+) -> tuple[list[Any], str]:
+    """(children, className) of the banner across the top: empty and hidden unless a
+    feed-stalled alert is active; then critical, saying since when nothing has arrived."""
+    if alert is None:
+        return [], "feed-banner"
+    details = alert.get("details") or {}
+    since = figures.parse_time(details.get("last_received") or alert.get("raised_at"))
+    ago = ""
+    if since is not None:
+        minutes = max(0.0, (wall_time - since).total_seconds() / 60)
+        ago = f" ({minutes:.0f} min ago)" if minutes < 120 else f" ({minutes / 60:.1f} h ago)"
+    suppressed = len(details.get("suppressed_offline") or [])
+    detail = "Live figures are frozen at the last data; station-offline alarms are held back"
+    if suppressed:
+        detail += f" ({suppressed} stations silent)"
+    return [
+        html.Span(
+            f"⚠ FEED STALLED: no data from any station since {figures.fmt_time(since, tz)}{ago}",
+            className="feed-banner-title",
+        ),
+        html.Span(detail, className="feed-banner-detail"),
+    ], "feed-banner critical"
 
 
 # --------------------------------------------------------------------------- last updated
@@ -237,6 +281,7 @@ def build_layout(
             html.Header(
                 className="its-header",
                 children=[
+                    html.Div(id=ids.feed_banner, className="feed-banner", role="alert"),
                     html.H1(title),
                     html.Div(id=ids.last_updated, className="last-updated", children="loading…"),
                     user if user is not None else html.Div(className="user-box"),

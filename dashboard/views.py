@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from dashboard import figures, layout
 from its.alerts import store
+from its.alerts.rules import FEED_STALLED, FEED_TARGET
 from its.api.params import MAX_ALERT_ID, reject_control_characters
 from its.auth import audit
 from its.auth.identity import Identity
@@ -22,7 +23,7 @@ from its.auth.roles import Permission
 from its.config import Settings
 from its.errors import ConflictError, NotFoundError, QueryError
 from its.network import Network
-from its.service import live, traffic
+from its.service import detector_health, live, traffic
 
 SERIES_WINDOW = timedelta(hours=2)
 SERIES_BUCKET_S = 300
@@ -61,7 +62,11 @@ def live_view(d: Dashboard, wall_now: datetime | None = None) -> LiveView:
     s = d.settings
     with d.engine.connect() as conn:
         state, health = live.snapshot(conn, d.network, stale_after_s=s.stale_after_s)
+        active = store.active_alerts(conn)
     kpis = live.kpis_from(state["features"], health, state["data_time"])
+    statuses = detector_health.station_statuses(d.network, health, active)
+    good = detector_health.summarize(d.network, statuses, state["data_time"])["network"]
+    kpis |= {"pct_good_detectors": good["pct_good"], "detectors_good": good["good"]}
     fig = figures.network_map_figure(
         state,
         health,
@@ -73,6 +78,14 @@ def live_view(d: Dashboard, wall_now: datetime | None = None) -> LiveView:
     wall = wall_now or datetime.now(UTC)
     updated = layout.last_updated(state["data_time"], wall, d.tz, lag_warn_s=s.stale_after_s)
     return LiveView(fig, layout.kpi_cards(kpis), updated)
+
+
+def feed_banner_view(d: Dashboard, wall_now: datetime | None = None) -> tuple[list[Any], str]:
+    """The critical banner while a feed-stalled alert is active (hidden otherwise)."""
+    with d.engine.connect() as conn:
+        stalled = store.active_alerts(conn, FEED_STALLED).get((FEED_STALLED, FEED_TARGET))
+    wall = wall_now or datetime.now(UTC)
+    return layout.feed_banner(stalled.to_dict() if stalled else None, wall, d.tz)
 
 
 def alerts_view(d: Dashboard, who: Identity | None = None) -> tuple[list[Any], str]:

@@ -8,6 +8,7 @@ the alert rules and the dashboard share one picture of the road without importin
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +24,7 @@ from its.errors import NetworkError
 ROAD_CLASSES = ("expressway", "arterial", "collector")
 DEFAULT_VEHICLE_LENGTH_M = 6.7
 EARTH_RADIUS_M = 6_371_008.8
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")  # as the wire contract's ids
 
 
 def haversine_m(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -82,6 +84,9 @@ class Station:
     position_m: float = 0.0
     detector: str = "dual-loop"
     vehicle_length_m: float = DEFAULT_VEHICLE_LENGTH_M
+    # The roadside gateway (field cabinet, communications controller) the station's data travels
+    # through; stations that share one fall silent together when it fails (one alert, not many).
+    gateway_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,14 @@ class Network:
         )
         return [st for seg in segs for st in self.stations_of(seg.segment_id)]
 
+    def gateways(self) -> dict[str, list[str]]:
+        """Gateway id -> the ids of the stations behind it (stations without one are left out)."""
+        out: dict[str, list[str]] = {}
+        for st in self.stations:
+            if st.gateway_id is not None:
+                out.setdefault(st.gateway_id, []).append(st.station_id)
+        return out
+
 
 # --------------------------------------------------------------------------- GeoJSON
 
@@ -208,6 +221,14 @@ def _station_from(props: dict[str, Any], geometry: dict[str, Any], where: str) -
     lanes = int(_require(props, "lanes", where))
     if not 1 <= lanes <= 16:
         raise NetworkError(f"{where}: lanes must be 1..16")
+    gateway = props.get("gateway_id")
+    if gateway is not None and not (
+        isinstance(gateway, str) and _GATEWAY_ID.fullmatch(gateway) is not None
+    ):
+        raise NetworkError(
+            f"{where}: gateway_id must be 1-64 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
     return Station(
         station_id=str(_require(props, "station_id", where)),
         segment_id=str(_require(props, "segment_id", where)),
@@ -217,6 +238,7 @@ def _station_from(props: dict[str, Any], geometry: dict[str, Any], where: str) -
         position_m=float(props.get("position_m", 0.0)),
         detector=str(props.get("detector", "dual-loop")),
         vehicle_length_m=float(props.get("vehicle_length_m", DEFAULT_VEHICLE_LENGTH_M)),
+        gateway_id=gateway,
     )
 
 
@@ -311,6 +333,7 @@ def network_to_geojson(net: Network) -> dict[str, Any]:
                     "position_m": st.position_m,
                     "detector": st.detector,
                     "vehicle_length_m": st.vehicle_length_m,
+                    **({"gateway_id": st.gateway_id} if st.gateway_id is not None else {}),
                 },
             }
         )

@@ -75,6 +75,8 @@ class SensorFault:
     kind: FaultKind
     start: datetime
     end: datetime | None = None
+    # set when the fault is one station's share of a gateway outage (its whole cabinet failed)
+    gateway_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -130,6 +132,18 @@ class Scenario:
             if f.station_id not in stations:
                 raise ScenarioError(f"unknown station {f.station_id!r} in fault")
         return self
+
+
+def gateway_outage(
+    network: Network, gateway_id: str, start: datetime, end: datetime | None = None
+) -> tuple[SensorFault, ...]:
+    """A failed roadside gateway: every station behind it (``gateway_id`` in the network) goes
+    ``silent`` from ``start`` to ``end`` (live, each one's Last Will fires), which the alerts
+    evaluator must report as one ``gateway-offline`` alert, not one per station."""
+    stations = network.gateways().get(gateway_id)
+    if not stations:
+        raise ScenarioError(f"unknown gateway {gateway_id!r} (no station names it as gateway_id)")
+    return tuple(SensorFault(sid, "silent", start, end, gateway_id) for sid in stations)
 
 
 # --------------------------------------------------------------------------- demo

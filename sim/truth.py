@@ -9,7 +9,11 @@ be replayed exactly with the same seed.
 Scenario file::
 
     {"incidents": [{"segment": "SDR-N-02", "start": "+10m", "duration": "45m", "severity": 0.55}],
-     "faults": [{"station": "JKT-SDR-N-003", "kind": "stuck", "start": "+5m", "duration": "30m"}]}
+     "faults": [{"station": "JKT-SDR-N-003", "kind": "stuck", "start": "+5m", "duration": "30m"}],
+     "gateways": [{"gateway": "GW-GTS-E-2", "start": "+20m", "duration": "15m"}]}
+
+A gateway outage silences every station behind the gateway (``gateway_id`` in the network); the
+truth file lists each station's ``silent`` fault with ``"gateway"`` set.
 
 Demand changes are not modelled yet (the traffic model's demand is its day profile).
 """
@@ -31,6 +35,7 @@ from sim.scenario import (
     ScenarioError,
     SensorFault,
     _parse_when,
+    gateway_outage,
     parse_duration,
 )
 
@@ -54,6 +59,7 @@ def truth_records(scenario: Scenario) -> Iterator[dict[str, Any]]:
             "kind": f.kind,
             "start": iso(f.start),
             "end": iso(f.end) if f.end else None,
+            **({"gateway": f.gateway_id} if f.gateway_id else {}),
         }
 
 
@@ -105,6 +111,14 @@ def load_scenario_file(path: Path, start: datetime, network: Network | None = No
             begin = _parse_when(str(item.get("start", "+0m")), start)
             faults.append(
                 SensorFault(str(item["station"]), item["kind"], begin, _end(item, begin, start))
+            )
+        kind = "gateway outage"
+        for n, item in enumerate(data.get("gateways", []), 1):  # noqa: B007 - n names it
+            if network is None:
+                raise ScenarioError("gateway outages need the road network")
+            begin = _parse_when(str(item.get("start", "+0m")), start)
+            faults.extend(
+                gateway_outage(network, str(item["gateway"]), begin, _end(item, begin, start))
             )
     except (KeyError, TypeError, ValueError, AttributeError, ScenarioError) as exc:
         raise ScenarioError(f"scenario file {path}: bad {kind} {n}: {exc}") from None

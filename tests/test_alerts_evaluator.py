@@ -202,6 +202,8 @@ def test_all_stations_offline_suppresses_congestion(engine: Engine, network: Net
 def test_catch_up_suppresses_by_the_state_at_that_time(engine: Engine, network: Network) -> None:
     """Stations offline now were reporting congestion back then: a catch-up still raises it."""
     feed(engine, network, SEG, T0, 20, ratio=0.3)
+    # the other stations behind their gateway report: two individual outages, not the gateway
+    feed(engine, network, OTHER, T0, 20, ratio=0.9)
     with engine.begin() as conn:
         for st in network.stations_of(SEG):
             upsert_station_status(conn, st.station_id, "offline", None, datetime.now(UTC))

@@ -311,3 +311,75 @@ def test_operator_sees_the_jam_and_acknowledges_its_alert(
     wait_until(browser, lambda d: "/login" in d.current_url, 20, "the redirect to /login")
     with pg_engine.connect() as conn:
         assert [e.actor for e in audit.query(conn, action="signout")] == ["budi"]
+
+
+def test_a_stalled_feed_shows_a_critical_banner_until_data_flows(
+    served: str, browser: webdriver.Chrome, pg_engine: Engine, network: Network
+) -> None:
+    """Every sensor stops: the real evaluator raises feed-stalled, the operator sees a critical
+    banner across the top saying since when; when data flows again it goes away."""
+    from its.alerts.config import AlertSettings
+    from its.alerts.evaluator import Evaluator
+
+    last = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=6)
+    start = last.replace(second=0) - timedelta(minutes=20)
+    rows: list[dict[str, Any]] = []
+    for st in network.stations:
+        for k in range(20):
+            lanes = [
+                LaneReading(lane=i + 1, count=9 + (k + i) % 4, occupancy=0.1, speed_kph=50.0)
+                for i in range(st.lanes)
+            ]
+            obs = Observation(
+                v=1,
+                station_id=st.station_id,
+                interval_start=start + timedelta(minutes=k),
+                period_s=PERIOD_S,
+                lanes=lanes,
+            )
+            rows += reading_rows(obs, received_at=last)  # the last receipt, 6 min ago
+    with pg_engine.begin() as conn:
+        insert_readings(conn, rows)
+    cfg = AlertSettings(_env_file=None, feed_stall_s=120)
+    evaluator = Evaluator(pg_engine, network, alert_settings=cfg)
+    try:
+        raised = [c.alert.rule for c in evaluator.step().events("raised")]
+        assert raised == ["feed-stalled"]  # one alert, no flood of station-offline
+
+        add_user(pg_engine, "sari", "viewer", "sari's long password")
+        browser.get(served + "/")
+        sign_in(browser, "sari", "sari's long password")
+        banner = f"#{ids.feed_banner}"
+        text = wait_until(
+            browser, lambda d: _text(d, banner) if "STALLED" in _text(d, banner) else None,
+            30, "the feed-stalled banner",
+        )  # fmt: skip
+        local = last.astimezone(network.tz).strftime("%H:%M:%S")
+        assert f"since {local}" in text and "min ago" in text
+        (element,) = browser.find_elements(By.CSS_SELECTOR, f"{banner}.critical")
+        assert element.is_displayed()
+        assert element.location["y"] < browser.find_element(By.ID, ids.kpis).location["y"]
+        good = wait_until(browser, lambda d: _text(d, "#kpi-good-detectors"), 30, "the card")
+        # frozen at the last data, as the banner says: every station reported until then
+        assert "good detectors" in good.lower() and "100.0%" in good and "96/96" in good
+
+        # data flows again: the evaluator clears the alert and the banner goes away
+        with pg_engine.begin() as conn:
+            now, later = datetime.now(UTC), timedelta(minutes=20)
+            fresh = [  # the next minutes up to now, received now
+                dict(row, interval_start=row["interval_start"] + later, received_at=now)
+                for row in rows
+                if row["interval_start"] + later + timedelta(seconds=PERIOD_S) <= now
+            ]
+            insert_readings(conn, fresh)
+        cleared = [c.alert.rule for c in evaluator.step().events("cleared")]
+        assert cleared == ["feed-stalled"]
+        wait_until(
+            browser,
+            lambda d: not d.find_elements(By.CSS_SELECTOR, f"{banner}.critical"),
+            30,
+            "the banner to go away",
+        )
+        assert _text(browser, banner) == ""
+    finally:
+        evaluator.close()

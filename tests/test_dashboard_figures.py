@@ -257,7 +257,7 @@ def test_segment_chart_without_data_says_so() -> None:
 
 def test_kpi_cards_show_numbers_or_no_data_never_zero() -> None:
     empty = _text(layout.kpi_cards(None))
-    assert empty.count("no data yet") == 5
+    assert empty.count("no data yet") == 6
     assert " 0 " not in f" {empty} "
     cards = layout.kpi_cards(
         {
@@ -268,6 +268,8 @@ def test_kpi_cards_show_numbers_or_no_data_never_zero() -> None:
             "stations_total": 96,
             "stations_reporting": 90,
             "stations_offline": 2,
+            "pct_good_detectors": 92.7,
+            "detectors_good": 89,
         }
     )
     text = _text(cards)
@@ -343,3 +345,34 @@ def test_last_updated_shows_data_and_wall_time_and_lag() -> None:
 )
 def test_segment_from_click(click: Any, expected: str | None) -> None:
     assert views.segment_from_click(click) == expected
+
+
+def test_good_detectors_card_and_its_warning_tones() -> None:
+    base = {"data_time": "2026-11-28T07:00:00Z", "stations_total": 96}
+    cards = layout.kpi_cards({**base, "pct_good_detectors": 94.8, "detectors_good": 91})
+    card = cards[5]
+    assert card.id == "kpi-good-detectors"
+    assert "94.8" in _text([card]) and "91/96" in _text([card])
+    assert "warn" not in card.className and "alarm" not in card.className
+    shaky = layout.kpi_cards({**base, "pct_good_detectors": 80.0, "detectors_good": 77})[5]
+    assert "warn" in shaky.className
+    bad = layout.kpi_cards({**base, "pct_good_detectors": 50.0, "detectors_good": 48})[5]
+    assert "alarm" in bad.className
+    # before any data the card says so, not 0 %
+    assert "no data yet" in _text([layout.kpi_cards({"stations_total": 96})[5]])
+
+
+def test_feed_banner_is_hidden_until_the_feed_stalls() -> None:
+    wall = datetime(2026, 11, 28, 7, 12, tzinfo=UTC)
+    children, cls = layout.feed_banner(None, wall, "Asia/Jakarta")
+    assert (children, cls) == ([], "feed-banner")
+    alert = {
+        "rule": "feed-stalled",
+        "raised_at": "2026-11-28T07:02:00Z",
+        "details": {"last_received": "2026-11-28T07:00:00Z", "suppressed_offline": ["a", "b"]},
+    }
+    children, cls = layout.feed_banner(alert, wall, "Asia/Jakarta")
+    text = _text(children)
+    assert cls == "feed-banner critical"
+    assert "FEED STALLED" in text and "14:00:00 WIB" in text and "12 min ago" in text
+    assert "2 stations silent" in text

@@ -13,6 +13,7 @@ alert change commits together with the rule state that caused it (the evaluator)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,7 +26,12 @@ from its.db import schema
 from its.errors import ConflictError, NotFoundError, QueryError
 
 SEVERITIES = ("critical", "major", "minor", "warning", "info")
-TARGET_KINDS = ("segment", "station", "feed")  # feed: the whole data feed (feed-stalled)
+TARGET_KINDS = (
+    "segment",
+    "station",
+    "feed",
+    "gateway",
+)  # feed: feed-stalled; gateway: its stations
 STATES = ("active", "cleared", "unacknowledged", "all")
 MAX_LIMIT = 1000
 
@@ -241,11 +247,14 @@ def raise_or_repeat(
     at: datetime,
     *,
     target_kind: str = "segment",
+    keep: Sequence[str] = (),
 ) -> Change:
     """Raise a new alert, or update the active one of (rule, target): never a second active row.
 
     A repeat bumps ``count`` and ``last_seen`` and takes the newest message and details; a change
-    of severity is recorded as its own ``severity`` event so escalations are audited.
+    of severity is recorded as its own ``severity`` event so escalations are audited. ``keep``
+    names detail keys that a repeat carries over from the active row when ``details`` lacks them
+    (evidence added later by :func:`annotate`, such as what the alert suppressed).
     """
     if severity not in SEVERITIES:
         raise ValueError(f"unknown severity {severity!r}; use one of {SEVERITIES}")
@@ -273,6 +282,8 @@ def raise_or_repeat(
         _event(conn, alert_id, "raised", at, details={"severity": severity, **details})
         return Change(get_alert(conn, alert_id), "raised")
     event: Event = "repeated" if row.severity == severity else "severity"
+    carried = {k: row.details[k] for k in keep if k in row.details and k not in details}
+    details = {**details, **carried}
     conn.execute(
         update(a)
         .where(a.c.id == row.id)
@@ -302,3 +313,25 @@ def clear(
     )
     _event(conn, row.id, "cleared", at, details=details)
     return Change(get_alert(conn, row.id), "cleared")
+
+
+def annotate(conn: Connection, rule: str, target: str, patch: dict[str, Any]) -> bool:
+    """Merge ``patch`` into the details of the active alert of (rule, target), without an event.
+
+    For evidence gathered after the alert's own decision (what it suppressed): not a change of
+    the alert's state, so nothing is published and the count stays. False when none is active.
+    """
+    row = _active_row(conn, rule, target)
+    if row is None:
+        return False
+    a = schema.alerts
+    conn.execute(update(a).where(a.c.id == row.id).values(details={**row.details, **patch}))
+    return True
+
+
+def alerts_where(conn: Connection, *where: Any, limit: int = 100) -> list[AlertRecord]:
+    """Alerts matching SQL conditions on ``schema.alerts``, newest first (for views over one
+    target's history, such as a station's fault history)."""
+    a = schema.alerts
+    stmt = select(a).where(*where).order_by(a.c.raised_at.desc(), a.c.id.desc()).limit(limit)
+    return [_record(r) for r in conn.execute(stmt)]

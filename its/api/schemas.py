@@ -358,3 +358,43 @@ class BottlenecksOut(BaseModel):
     timezone: str
     episodes: list[BottleneckOut]
     daily: list[BottleneckDayOut]
+
+
+class DetectorCounts(BaseModel):
+    stations: int = Field(description="Stations in the network (or corridor)")
+    good: int = Field(description="Reporting, not offline, not diagnosed faulty")
+    faulty: int = Field(description="With an active detector-fault alert")
+    offline: int = Field(description="Station-offline or gateway-offline, or silent now")
+    no_data: int = Field(description="Nothing from it in the last hour of data")
+    pct_good: float | None = Field(description="good / stations, percent; null without stations")
+
+
+class CorridorDetectors(DetectorCounts):
+    corridor_id: str
+    name: str
+
+
+class StationDetectorStatus(BaseModel):
+    station_id: str
+    corridor_id: str
+    segment_id: str
+    gateway_id: str | None
+    status: Literal["good", "faulty", "offline", "no-data"]
+    diagnosis: str | None = Field(description="The active detector-fault diagnosis, if any")
+    alert_id: int | None = Field(description="The alert that says so (offline or fault)")
+
+
+class DetectorHealth(BaseModel):
+    data_time: datetime | None
+    network: DetectorCounts
+    corridors: list[CorridorDetectors]
+    stations: list[StationDetectorStatus] = Field(description="Every station that is not good")
+
+
+class StationFault(AlertOut):
+    kind: str | None = Field(
+        description="The diagnosis (detector-fault), the reason (station-offline: last-will or "
+        "silent) or 'gateway' (gateway-offline)"
+    )
+    diagnoses: list[str] = Field(description="Diagnoses seen over the episode, first first")
+    duration_s: float | None = Field(description="Seconds from raised to cleared; null if active")

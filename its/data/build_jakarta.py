@@ -198,6 +198,9 @@ def build() -> Network:
                             position_m=round(seg_len * frac, 1),
                             # every seventh station is a single loop: no speed measured
                             detector="single-loop" if number % 7 == 0 else "dual-loop",
+                            # one roadside gateway (cabinet) per two consecutive segments of a
+                            # direction: its four stations fall silent together when it fails
+                            gateway_id=f"GW-{code}-{direction}-{k // 2 + 1}",
                         )
                     )
     return Network(

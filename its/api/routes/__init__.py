@@ -9,6 +9,7 @@ from its.api.routes import (
     alerts,
     audit,
     bottlenecks,
+    detectors,
     export,
     measures,
     network,
@@ -33,5 +34,15 @@ api_router = APIRouter(
         },
     },
 )
-for module in (network, stations, aggregates, measures, export, alerts, bottlenecks, audit):
+for module in (
+    network,
+    stations,
+    aggregates,
+    measures,
+    export,
+    alerts,
+    bottlenecks,
+    detectors,
+    audit,
+):
     api_router.include_router(module.router)
