@@ -20,7 +20,7 @@ from its.contract import LaneReading, Observation
 from its.db.writes import insert_readings, reading_rows
 from its.errors import NetworkError
 from its.network import Network, network_from_geojson, network_to_geojson
-from tests.test_alerts_evaluator import FIVE_MIN, OTHER, SEG, T0, feed
+from tests.test_alerts_evaluator import OTHER, SEG, T0, feed
 
 GW = "GW-SDR-N-1"  # the sample network's gateway of SDR-N-01 and SDR-N-02 (stations 001-004)
 NEXT = "SDR-N-03"  # behind the next gateway, GW-SDR-N-2
@@ -180,8 +180,11 @@ def test_individual_alarms_are_replaced_when_the_rest_of_the_gateway_follows(
 def test_a_faulty_detector_says_which_congestion_it_suppressed(
     engine: Engine, network: Network
 ) -> None:
-    """A stuck loop reporting a jam on SEG: no congestion alert, and the detector-fault alert
-    names the congestion it held back."""
+    """A stuck loop reporting a jam on SEG: once diagnosed, its segment's minutes are blanked, the
+    detector-fault alert names the congestion it held back and the congestion alert says what
+    holds it. Congestion is judged every minute, so the jam is raised before the diagnosis (which
+    needs 10 identical intervals, at the end of the first 5-minute bucket): a stuck loop cannot
+    be told from a real standing queue in its first minutes."""
     stuck, healthy = network.stations_of(SEG)
     rows = []
     now = datetime.now(UTC)
@@ -204,14 +207,21 @@ def test_a_faulty_detector_says_which_congestion_it_suppressed(
     feed(engine, network, OTHER, T0, 20, ratio=0.9)
     result = evaluator(engine, network).step()
     assert [(c.alert.rule, c.alert.target_id) for c in result.events("raised")] == [
-        ("detector-fault", stuck.station_id)
+        ("congestion", SEG),
+        ("detector-fault", stuck.station_id),
     ]
     with engine.connect() as conn:
-        fault = store.active_alerts(conn)[("detector-fault", stuck.station_id)]
+        active = store.active_alerts(conn)
+    fault = active[("detector-fault", stuck.station_id)]
+    assert active[("congestion", SEG)].details["suppressed_by"] == [
+        f"detector-fault:{stuck.station_id}"
+    ]
     (held,) = fault.details["suppressed"]
     assert held["rule"] == "congestion" and held["target_id"] == SEG
-    assert held["buckets"] == 3  # buckets 01:00, 01:05, 01:10: all blanked by the fault
-    assert held["last_bucket"] == (T0 + 2 * FIVE_MIN).isoformat().replace("+00:00", "Z")
+    # minutes 01:04 (its end, 01:05, is when the loop is diagnosed) .. 01:18, the last complete
+    # one: every minute after the diagnosis is blanked
+    assert held["buckets"] == 15
+    assert held["last_bucket"] == (T0 + timedelta(minutes=18)).isoformat().replace("+00:00", "Z")
 
 
 def test_a_simulated_gateway_outage_silences_its_stations_and_is_in_the_truth(

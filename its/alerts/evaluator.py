@@ -756,7 +756,8 @@ class Evaluator:
             for key in new:
                 holders[key].add(f"{rule}:{target}")
         for (rule, target), by in holders.items():
-            if (rule, target) in active:
+            # active now, including an alert raised earlier in this same step
+            if (rule, target) in active or (rule, target) in store.active_alerts(conn, rule):
                 store.annotate(conn, rule, target, {"suppressed_by": sorted(by)})
 
     def _station_samples(
