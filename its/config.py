@@ -108,6 +108,14 @@ class Settings(BaseSettings):
         description="How often the roll-up worker inside `its up` and `its ingest` looks for "
         "dirty buckets; 0 runs no worker in that process (run `its db rollup` or another one).",
     )
+    # retention (docs/storage.md, Retention; on TimescaleDB a retention policy, docs/timescaledb.md)
+    retention_raw_days: int = Field(
+        90,
+        ge=0,
+        le=100_000,
+        description="Raw readings older than this many days are dropped (the roll-ups are kept "
+        "for ever); 0 keeps raw readings for ever. On TimescaleDB: add_retention_policy.",
+    )
     embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="0 picks a free port.")
     map_style: str = Field(
         "dark-bg",
