@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import InternalError
 
 from its.db import rollup, schema
 from its.db.engine import Backend, detect_backend
@@ -206,7 +208,8 @@ def create(conn: Connection, tz: str, *, retention_raw_days: int = 0) -> None:
             f"CREATE MATERIALIZED VIEW {name} WITH (timescaledb.continuous, "
             f"timescaledb.materialized_only = false) AS {definition} WITH NO DATA"
         )
-        conn.execute(text(f"COMMENT ON MATERIALIZED VIEW {name} IS :c"), {"c": ZONE_COMMENT + tz})
+        comment = (ZONE_COMMENT + tz).replace("'", "''")  # DDL takes no parameters
+        conn.exec_driver_sql(f"COMMENT ON VIEW {name} IS '{comment}'")
         policy = POLICIES[name]
         start = policy.start_offset
         if retention_raw_days:
@@ -237,10 +240,26 @@ def _width(name: str) -> timedelta:
 
 
 def drop(conn: Connection) -> None:
-    """Drop the aggregates (their policies go with them), coarsest first."""
+    """Drop the aggregates (their policies go with them), coarsest first.
+
+    Dropping deletes the policies' jobs; a job that TimescaleDB's scheduler runs at that moment
+    updates the same catalog rows and the drop fails with "tuple concurrently deleted". Each
+    drop is a savepoint, retried a few times."""
     for name in reversed(VIEWS):
-        conn.exec_driver_sql(f"DROP MATERIALIZED VIEW IF EXISTS {name}")
+        for attempt in range(DROP_ATTEMPTS):
+            try:
+                with conn.begin_nested():
+                    conn.exec_driver_sql(f"DROP MATERIALIZED VIEW IF EXISTS {name}")
+                break
+            except InternalError:
+                if attempt == DROP_ATTEMPTS - 1:
+                    raise
+                log.info("dropping %s raced a policy job; retrying", name)
+                time.sleep(0.2 * (attempt + 1))
     conn.dialect.its_caggs = False  # type: ignore[attr-defined]
+
+
+DROP_ATTEMPTS = 8
 
 
 def recreate(conn: Connection) -> None:
