@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine, make_url
 
 from its.contract import iso
-from its.db import caggs, migrate, rollup, schema
+from its.db import caggs, migrate, rollup, rollup_sql, schema
 from its.db.engine import Backend, detect_backend, make_engine
 from its.db.timebucket import time_bucket
 from its.db.timescale import is_hypertable
@@ -515,9 +515,9 @@ def test_service_layer_agrees_with_postgresql_and_sqlite(
 
 
 def test_rollups_on_timescaledb(ts_engine: Engine, pg_engine: Engine, network: Network) -> None:
-    """The row-level dirty-key trigger on the hypertable logs writes, the worker refreshes the
-    continuous aggregates, and the answers equal the raw path and plain PostgreSQL's
-    (tests/test_rollups.py)."""
+    """The statement-level dirty-key trigger (transition tables work on hypertables since 2.16)
+    logs writes, the worker refreshes the continuous aggregates, and the answers equal the raw
+    path and plain PostgreSQL's (tests/test_rollups.py)."""
     from tests.test_rollups import _answers, _same
     from tests.test_rollups import _seed as seed_rollups
 
@@ -532,13 +532,46 @@ def test_rollups_on_timescaledb(ts_engine: Engine, pg_engine: Engine, network: N
     # a duplicate logs nothing, a late reading is rolled up
     with ts_engine.begin() as conn:
         conn.execute(schema.rollup_dirty.delete())
-    _insert(ts_engine, FIRST)
+    with ts_engine.begin() as conn:  # one statement (as an import or a bulk load writes)
+        conn.execute(insert(schema.readings).values(FIRST))
+    keys = {
+        (r["station_id"], rollup.bucket_floor(r["interval_start"], rollup.FIVE_MIN, None))
+        for r in FIRST
+    }
     with ts_engine.connect() as conn:
-        assert rollup.pending(conn) > 0
+        assert not rollup_sql.uses_row_triggers(conn)
+        assert rollup.pending(conn) == len(keys) < len(FIRST)  # one log row per key, not per row
     rollup.catch_up(ts_engine, network.timezone)
     _insert(ts_engine, FIRST)
     with ts_engine.connect() as conn:
         assert rollup.pending(conn) == 0
+
+
+def test_row_triggers_of_an_older_timescaledb_are_replaced(
+    ts_engine: Engine, network: Network
+) -> None:
+    """A database migrated on TimescaleDB before 2.16 logs with a row trigger; setup swaps it
+    for the statement trigger, which logs the same keys."""
+    with ts_engine.begin() as conn:
+        rollup_sql.drop_triggers(conn)
+        conn.exec_driver_sql(rollup_sql._PG_ROW_FN)
+        conn.exec_driver_sql(
+            "CREATE TRIGGER its_rollup_log_insert AFTER INSERT ON readings "
+            "FOR EACH ROW EXECUTE FUNCTION its_rollup_log_row()"
+        )
+        assert rollup_sql.uses_row_triggers(conn)
+    _insert(ts_engine, FIRST)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == len(FIRST)
+    assert caggs.setup(ts_engine, network.timezone)
+    with ts_engine.begin() as conn:
+        assert not rollup_sql.uses_row_triggers(conn)
+        conn.execute(schema.rollup_dirty.delete())
+        conn.execute(schema.readings.delete())
+    with ts_engine.begin() as conn:
+        conn.execute(insert(schema.readings).values(FIRST))
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == 4
 
 
 # --------------------------------------------------------------------------- continuous aggregates

@@ -305,6 +305,13 @@ def setup(engine: Engine, tz: str, *, retention_raw_days: int = 0) -> bool:
         if not timescaledb(conn):
             return False
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('its-rollup-caggs'))"))
+        from its.db import rollup_sql
+
+        if rollup_sql.uses_row_triggers(conn) and rollup_sql.transition_tables_supported(conn):
+            # made by an older TimescaleDB: one log row per reading; a statement trigger logs
+            # each key once per statement
+            rollup_sql.drop_triggers(conn)
+            rollup_sql.create_triggers(conn)
         exists = _exist(conn)
         if exists and zone(conn) == tz and _retention_matches(conn, retention_raw_days):
             set_retention(conn, retention_raw_days)
@@ -317,8 +324,6 @@ def setup(engine: Engine, tz: str, *, retention_raw_days: int = 0) -> bool:
         set_retention(conn, retention_raw_days)
         if exists or _has_readings(conn):
             conn.execute(schema.rollup_dirty.delete())
-            from its.db import rollup_sql
-
             rollup_sql.log_all_readings(conn)
     return True
 
