@@ -38,7 +38,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine, make_url
 
 from its.config import Settings
-from its.db import migrate, rollup, schema
+from its.db import caggs, migrate, rollup, schema
 from its.db.engine import make_engine
 from its.db.timebucket import time_bucket
 from its.network import Network, load_network
@@ -194,9 +194,21 @@ def measure(engine: Engine, network: Network, end: datetime, days: int, repeat: 
     from fastapi.testclient import TestClient
 
     from its.api.app import create_app
+    from its.auth import tokens
 
     settings = Settings(_env_file=None, stale_after_s=10**6)
-    client = TestClient(create_app(settings, engine=engine, network=network))
+    key_id, secret = f"itsk_{uuid.uuid4().hex[:12]}", tokens.new_token()
+    with engine.begin() as conn:  # every /api/v1 route needs an identity (docs/api.md)
+        conn.execute(
+            schema.api_keys.insert().values(
+                key_id=key_id, secret_hash=tokens.digest(secret), name="bench",
+                scope="read", created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    client = TestClient(
+        create_app(settings, engine=engine, network=network),
+        headers={"X-API-Key": f"{key_id}.{secret}"},
+    )
     seg_ids = [s.segment_id for s in network.segments[:100]]
     tz = network.timezone
     cases = {
@@ -246,6 +258,7 @@ def run_backend(
     engine = make_engine(url)
     try:
         migrate.upgrade_and_seed(engine, network)
+        caggs.setup(engine, network.timezone)  # TimescaleDB's continuous aggregates (else no-op)
         log(f"{name}: loading {hours} h for {len(network.stations)} stations")
         rows, load_s = load_readings(engine, t0, hours)
         with engine.connect() as conn:
@@ -290,6 +303,11 @@ def main() -> None:
     ap.add_argument(
         "--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    ap.add_argument(
+        "--timescale-admin-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5433/postgres",
+        help="a TimescaleDB server, for --backends timescaledb (docs/timescaledb.md)",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="its-query-scale-"))
@@ -307,13 +325,14 @@ def main() -> None:
         "repeat": args.repeat, "backends": {},
     }  # fmt: skip
     for backend in args.backends.split(","):
-        if backend == "postgresql":
-            admin = make_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+        if backend in ("postgresql", "timescaledb"):
+            admin_url = args.pg_admin_url if backend == "postgresql" else args.timescale_admin_url
+            admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
             db = f"its_bench_{uuid.uuid4().hex[:8]}"
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{db}"'))
             try:
-                url = make_url(args.pg_admin_url).set(database=db).render_as_string(False)
+                url = make_url(admin_url).set(database=db).render_as_string(False)
                 report["backends"][backend] = run_backend(
                     backend, url, network, t0, hours, args.days, args.repeat
                 )
