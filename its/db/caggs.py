@@ -288,6 +288,8 @@ def retention_days(conn: Connection) -> int:
 def set_retention(conn: Connection, days: int) -> None:
     """``add_retention_policy('readings', <days>)``, replacing any other; 0 keeps raw readings
     forever (no policy). Dropping raw chunks leaves the aggregates as they are."""
+    if retention_days(conn) == days:
+        return  # unchanged: keep the job (its id and schedule)
     conn.execute(text("SELECT remove_retention_policy('readings', if_exists => true)"))
     if days:
         conn.execute(
