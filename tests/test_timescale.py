@@ -686,7 +686,7 @@ def test_policies_exist(ts_engine: Engine, network: Network) -> None:
             "coalesce(j.config->>'compress_after', j.config->>'drop_after') "
             "FROM timescaledb_information.jobs j "
             "LEFT JOIN timescaledb_information.continuous_aggregates c "
-            "ON c.materialization_hypertable_name = j.hypertable_name "
+            "ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) "
             "WHERE j.hypertable_name IS NOT NULL ORDER BY 1, 2",
         )
     assert jobs == [
@@ -853,6 +853,33 @@ def test_retention_drops_raw_chunks_and_keeps_aggregates(
     _same(_answers(ts_engine, network, "rollup", [(START, END)]), before)
 
 
+def test_a_shorter_retention_moves_the_refresh_windows_and_keeps_the_rows(
+    ts_engine: Engine, network: Network
+) -> None:
+    """ITS_RETENTION_RAW_DAYS=2: the 5-minute refresh window stays inside it (a refresh over
+    dropped raw chunks would empty buckets); the aggregates are kept, not re-created."""
+    _insert(ts_engine, FIRST)
+    rollup.catch_up(ts_engine, network.timezone)
+    before = _sums(ts_engine, caggs.readings_5m)
+    assert len(before) == 4
+    assert caggs.setup(ts_engine, network.timezone, retention_raw_days=2)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == 0  # nothing to rebuild
+        assert caggs.retention_days(conn) == 2
+        offsets = dict(
+            _rows(
+                conn,
+                "SELECT c.view_name, j.config->>'start_offset' FROM timescaledb_information.jobs j "
+                "JOIN timescaledb_information.continuous_aggregates c "
+                "ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) "
+                "WHERE j.proc_name = 'policy_refresh_continuous_aggregate'",
+            )
+        )
+    # the coarser levels read only their parent's rows, and need two buckets of window
+    assert offsets == {"readings_5m": "1 day", "readings_1h": "1 day", "readings_1d": "3 days"}
+    assert _sums(ts_engine, caggs.readings_5m) == before
+
+
 def test_zone_change_recreates_hourly_and_daily(ts_engine: Engine, network: Network) -> None:
     """A network in another zone: setup re-creates the aggregates in that zone and logs the
     readings, and the worker refills them with that zone's local days."""
@@ -885,7 +912,8 @@ def test_cli_on_timescaledb(ts_engine: Engine) -> None:
     url = ts_engine.url.render_as_string(hide_password=False)
     assert "on timescaledb" in _its("db", "upgrade", url=url)
     assert "agree" in _its("db", "check", url=url)
-    _insert(ts_engine, FIRST)
+    with ts_engine.begin() as conn:  # one statement: one log row per key
+        conn.execute(insert(schema.readings).values(FIRST))
     for args in (["--no-progress"], ["--rebuild", "--no-progress"]):
         assert "rolled up 4 dirty keys" in _its("db", "rollup", *args, url=url)
         assert len(_sums(ts_engine, caggs.readings_5m)) == 4

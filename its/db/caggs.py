@@ -210,18 +210,8 @@ def create(conn: Connection, tz: str, *, retention_raw_days: int = 0) -> None:
         )
         comment = (ZONE_COMMENT + tz).replace("'", "''")  # DDL takes no parameters
         conn.exec_driver_sql(f"COMMENT ON VIEW {name} IS '{comment}'")
+        _add_refresh_policy(conn, name, retention_raw_days)
         policy = POLICIES[name]
-        start = policy.start_offset
-        if retention_raw_days:
-            start = min(start, timedelta(days=retention_raw_days) - RETENTION_MARGIN)
-        start = max(start, policy.end_offset + 2 * _width(name))
-        conn.execute(
-            text(
-                "SELECT add_continuous_aggregate_policy(CAST(:v AS regclass), "
-                "start_offset => :s, end_offset => :e, schedule_interval => :i)"
-            ),
-            {"v": name, "s": start, "e": policy.end_offset, "i": policy.schedule},
-        )
         if policy.compress_after is not None:
             conn.exec_driver_sql(
                 f"ALTER MATERIALIZED VIEW {name} SET (timescaledb.compress = true, "
@@ -233,6 +223,56 @@ def create(conn: Connection, tz: str, *, retention_raw_days: int = 0) -> None:
                 {"v": name, "a": policy.compress_after},
             )
     conn.dialect.its_caggs = True  # type: ignore[attr-defined]
+
+
+def _start_offset(name: str, retention_raw_days: int) -> timedelta:
+    """A refresh policy's start offset: its default, kept inside the raw retention."""
+    policy = POLICIES[name]
+    start = policy.start_offset
+    if retention_raw_days:
+        start = min(start, timedelta(days=retention_raw_days) - RETENTION_MARGIN)
+    return max(start, policy.end_offset + 2 * _width(name))
+
+
+def _add_refresh_policy(conn: Connection, name: str, retention_raw_days: int) -> None:
+    policy = POLICIES[name]
+    conn.execute(
+        text(
+            "SELECT add_continuous_aggregate_policy(CAST(:v AS regclass), "
+            "start_offset => :s, end_offset => :e, schedule_interval => :i)"
+        ),
+        {
+            "v": name,
+            "s": _start_offset(name, retention_raw_days),
+            "e": policy.end_offset,
+            "i": policy.schedule,
+        },
+    )
+
+
+def _refresh_policies_fit(conn: Connection, retention_raw_days: int) -> None:
+    """Re-add a refresh policy whose start offset no longer fits the raw retention (the
+    aggregates and their rows stay)."""
+    for name in VIEWS:
+        got = conn.execute(
+            text(
+                "SELECT CAST(j.config->>'start_offset' AS INTERVAL) FROM "
+                "timescaledb_information.jobs j JOIN "
+                "timescaledb_information.continuous_aggregates c "
+                "ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) "
+                "WHERE c.view_name = :v AND j.proc_name = 'policy_refresh_continuous_aggregate'"
+            ),
+            {"v": name},
+        ).scalar()
+        if got != _start_offset(name, retention_raw_days):
+            conn.execute(
+                text(
+                    "SELECT remove_continuous_aggregate_policy(CAST(:v AS regclass), "
+                    "if_exists => true)"
+                ),
+                {"v": name},
+            )
+            _add_refresh_policy(conn, name, retention_raw_days)
 
 
 def _width(name: str) -> timedelta:
@@ -315,7 +355,8 @@ def setup(engine: Engine, tz: str, *, retention_raw_days: int = 0) -> bool:
             rollup_sql.drop_triggers(conn)
             rollup_sql.create_triggers(conn)
         exists = _exist(conn)
-        if exists and zone(conn) == tz and _retention_matches(conn, retention_raw_days):
+        if exists and zone(conn) == tz:
+            _refresh_policies_fit(conn, retention_raw_days)
             set_retention(conn, retention_raw_days)
             conn.dialect.its_caggs = True  # type: ignore[attr-defined]
             return True
@@ -332,28 +373,6 @@ def setup(engine: Engine, tz: str, *, retention_raw_days: int = 0) -> bool:
 
 def _has_readings(conn: Connection) -> bool:
     return conn.execute(select(schema.readings.c.station_id).limit(1)).first() is not None
-
-
-def _retention_matches(conn: Connection, days: int) -> bool:
-    """Whether the refresh policies were made for this retention (their start offsets depend on
-    it); the retention policy itself is simply replaced."""
-    expected = POLICIES["readings_5m"].start_offset
-    if days:
-        expected = min(expected, timedelta(days=days) - RETENTION_MARGIN)
-    expected = max(expected, POLICIES["readings_5m"].end_offset + 2 * rollup.FIVE_MIN)
-    got = conn.execute(
-        text(
-            "SELECT config->>'start_offset' FROM timescaledb_information.jobs "
-            "WHERE proc_name = 'policy_refresh_continuous_aggregate' "
-            "AND hypertable_name = (SELECT materialization_hypertable_name "
-            "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'readings_5m')"
-        )
-    ).scalar()
-    if got is None:
-        return False
-    return conn.execute(
-        text("SELECT CAST(:g AS INTERVAL) = :e"), {"g": got, "e": expected}
-    ).scalar()
 
 
 # --------------------------------------------------------------------------- refresh
