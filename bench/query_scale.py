@@ -41,7 +41,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine, make_url
 
 from its.config import Settings
-from its.db import migrate, rollup, schema
+from its.db import caggs, migrate, rollup, schema
 from its.db.engine import make_engine
 from its.db.timebucket import time_bucket
 from its.network import Network, load_network
@@ -327,6 +327,7 @@ def run_backend(
         migrate.upgrade_and_seed(engine, network)
         writes = ingest_writes(engine, network, t0)
         log(f"{name}: ingest writes {writes}")
+        caggs.setup(engine, network.timezone)  # TimescaleDB's continuous aggregates (else no-op)
         log(f"{name}: loading {hours} h for {len(network.stations)} stations")
         rows, load_s = load_readings(engine, t0, hours)
         with engine.connect() as conn:
@@ -384,6 +385,11 @@ def main() -> None:
         metavar="URL",
         help="measure a database a --keep run built, instead of building one (repeatable)",
     )
+    ap.add_argument(
+        "--timescale-admin-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5433/postgres",
+        help="a TimescaleDB server, for --backends timescaledb (docs/timescaledb.md)",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="its-query-scale-"))
@@ -409,13 +415,14 @@ def main() -> None:
         print(json.dumps(report), flush=True)
         return
     for backend in args.backends.split(","):
-        if backend == "postgresql":
-            admin = make_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+        if backend in ("postgresql", "timescaledb"):
+            admin_url = args.pg_admin_url if backend == "postgresql" else args.timescale_admin_url
+            admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
             db = f"its_bench_{uuid.uuid4().hex[:8]}"
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{db}"'))
             try:
-                url = make_url(args.pg_admin_url).set(database=db).render_as_string(False)
+                url = make_url(admin_url).set(database=db).render_as_string(False)
                 report["backends"][backend] = run_backend(
                     backend, url, network, t0, hours, args.days, args.repeat
                 )

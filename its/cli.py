@@ -110,7 +110,15 @@ def _migrated_store(settings: Settings):  # noqa: ANN202 - (Engine, Network)
     engine = _engine(settings)
     network = load_network(settings.network_file)
     migrate.upgrade_and_seed(engine, network)
+    _timescale_rollups(settings, engine, network.timezone)
     return engine, network
+
+
+def _timescale_rollups(settings: Settings, engine, tz: str) -> None:  # noqa: ANN001
+    """On TimescaleDB: the continuous aggregates and the retention policy (docs/timescaledb.md)."""
+    from its.db import caggs
+
+    caggs.setup(engine, tz, retention_raw_days=settings.retention_raw_days)
 
 
 # --------------------------------------------------------------------------- db
@@ -126,7 +134,9 @@ def db_upgrade() -> None:
     _setup_logging()
     settings = _settings()
     engine = _engine(settings)
-    loaded = migrate.upgrade_and_seed(engine, load_network(settings.network_file))
+    network = load_network(settings.network_file)
+    loaded = migrate.upgrade_and_seed(engine, network)
+    _timescale_rollups(settings, engine, network.timezone)
     typer.echo(
         f"schema at {migrate.current_revision(engine)} on {detect_backend(engine).value}; "
         + (f"loaded {loaded} stations" if loaded else "road network already loaded")

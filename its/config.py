@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         le=100_000,
         description="Raw readings older than this many days are deleted once rolled up (the "
         "roll-ups are kept for ever); 0 keeps raw readings for ever. Ingest refuses readings "
-        "older than this.",
+        "older than this. On TimescaleDB: an add_retention_policy on readings.",
     )
     retention_dead_letter_days: int = Field(
         30, ge=0, le=100_000, description="Dead letters older than this are deleted; 0 keeps all."

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -19,12 +21,12 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine, make_url
 
 from its.contract import iso
-from its.db import migrate, schema
+from its.db import caggs, migrate, rollup, rollup_sql, schema
 from its.db.engine import Backend, detect_backend, make_engine
 from its.db.timebucket import time_bucket
 from its.db.timescale import is_hypertable
@@ -81,6 +83,7 @@ def ts_engine_module(ts_admin: Engine, network: Network) -> Iterator[Engine]:
     try:
         assert detect_backend(engine) == Backend.POSTGRESQL  # no extension before the migration
         migrate.upgrade_and_seed(engine, network)
+        assert caggs.setup(engine, network.timezone)  # what `its db upgrade` does next
         yield engine
     finally:
         engine.dispose()
@@ -88,12 +91,16 @@ def ts_engine_module(ts_admin: Engine, network: Network) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def ts_engine(ts_engine_module: Engine) -> Engine:
-    """The TimescaleDB database with the network and nothing else (no readings, no alerts)."""
+def ts_engine(ts_engine_module: Engine, network: Network) -> Engine:
+    """The TimescaleDB database with the network and nothing else (no readings, no alerts, empty
+    continuous aggregates with their policies, no retention policy)."""
     with ts_engine_module.begin() as conn:
+        caggs.drop(conn)
         for table in reversed(schema.metadata.sorted_tables):
             if table.name not in NETWORK_TABLES:
                 conn.execute(table.delete())
+        caggs.create(conn, network.timezone)
+        caggs.set_retention(conn, 0)
     return ts_engine_module
 
 
@@ -508,9 +515,9 @@ def test_service_layer_agrees_with_postgresql_and_sqlite(
 
 
 def test_rollups_on_timescaledb(ts_engine: Engine, pg_engine: Engine, network: Network) -> None:
-    """The row-level dirty-key trigger on the hypertable logs writes, the worker rolls them up,
-    and the roll-up answers equal the raw path and plain PostgreSQL's (tests/test_rollups.py)."""
-    from its.db import rollup
+    """The statement-level dirty-key trigger (transition tables work on hypertables since 2.16)
+    logs writes, the worker refreshes the continuous aggregates, and the answers equal the raw
+    path and plain PostgreSQL's (tests/test_rollups.py)."""
     from tests.test_rollups import _answers, _same
     from tests.test_rollups import _seed as seed_rollups
 
@@ -525,10 +532,398 @@ def test_rollups_on_timescaledb(ts_engine: Engine, pg_engine: Engine, network: N
     # a duplicate logs nothing, a late reading is rolled up
     with ts_engine.begin() as conn:
         conn.execute(schema.rollup_dirty.delete())
-    _insert(ts_engine, FIRST)
+    with ts_engine.begin() as conn:  # one statement (as an import or a bulk load writes)
+        conn.execute(insert(schema.readings).values(FIRST))
+    keys = {
+        (r["station_id"], rollup.bucket_floor(r["interval_start"], rollup.FIVE_MIN, None))
+        for r in FIRST
+    }
     with ts_engine.connect() as conn:
-        assert rollup.pending(conn) > 0
+        assert not rollup_sql.uses_row_triggers(conn)
+        assert rollup.pending(conn) == len(keys) < len(FIRST)  # one log row per key, not per row
     rollup.catch_up(ts_engine, network.timezone)
     _insert(ts_engine, FIRST)
     with ts_engine.connect() as conn:
         assert rollup.pending(conn) == 0
+
+
+def test_row_triggers_of_an_older_timescaledb_are_replaced(
+    ts_engine: Engine, network: Network
+) -> None:
+    """A database migrated on TimescaleDB before 2.16 logs with a row trigger; setup swaps it
+    for the statement trigger, which logs the same keys."""
+    with ts_engine.begin() as conn:
+        rollup_sql.drop_triggers(conn)
+        conn.exec_driver_sql(rollup_sql._PG_ROW_FN)
+        conn.exec_driver_sql(
+            "CREATE TRIGGER its_rollup_log_insert AFTER INSERT ON readings "
+            "FOR EACH ROW EXECUTE FUNCTION its_rollup_log_row()"
+        )
+        assert rollup_sql.uses_row_triggers(conn)
+    _insert(ts_engine, FIRST)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == len(FIRST)
+    assert caggs.setup(ts_engine, network.timezone)
+    with ts_engine.begin() as conn:
+        assert not rollup_sql.uses_row_triggers(conn)
+        conn.execute(schema.rollup_dirty.delete())
+        conn.execute(schema.readings.delete())
+    with ts_engine.begin() as conn:
+        conn.execute(insert(schema.readings).values(FIRST))
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == 4
+
+
+# --------------------------------------------------------------------------- continuous aggregates
+
+ROLLUP_TABLES = {"readings_5m": schema.rollup_5m, "readings_1h": schema.rollup_1h}
+ROLLUP_TABLES["readings_1d"] = schema.rollup_1d
+INT_SUMS = ("intervals", "lane_rows", "occ_n", "period_s")
+
+
+def _sums(engine: Engine, table: Any) -> dict[tuple[str, datetime], dict[str, Any]]:
+    """Station roll-up rows by (station, bucket): a plain table's or a continuous aggregate's."""
+    cols = (*rollup.SUM_COLUMNS, *rollup.MAX_COLUMNS)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.station_id, table.c.bucket_start, *(table.c[c] for c in cols))
+        )
+        return {(r[0], r[1]): dict(zip(cols, r[2:], strict=True)) for r in rows}
+
+
+def _same_sums(
+    cagg: dict[Any, dict[str, Any]], plain: dict[Any, dict[str, Any]], what: str
+) -> None:
+    assert cagg.keys() == plain.keys(), what
+    for key, row in cagg.items():
+        for name, value in row.items():
+            other = plain[key][name]
+            if name in INT_SUMS or name == "last_start":
+                assert value == other, (what, key, name)
+            else:
+                assert math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12), (what, key, name)
+
+
+def _views_equal_tables(ts: Engine, pg: Engine) -> None:
+    for view, table in ROLLUP_TABLES.items():
+        cagg = _sums(ts, caggs.metadata.tables[view])
+        assert cagg, view
+        _same_sums(cagg, _sums(pg, table), view)
+
+
+RAG_START = datetime(2026, 11, 2, 20, 0, tzinfo=UTC)
+
+
+def _ragged(network: Network, start: datetime, minutes: int) -> list[dict[str, Any]]:
+    """Readings where lanes miss intervals independently (a station's lane rows are then not
+    its intervals times its lanes), some without a speed, on stations of two and more lanes."""
+    stations = [s for s in network.stations if s.lanes >= 2][:6]
+    rows = []
+    for st in stations:
+        for i in range(minutes * 2):
+            at = start + timedelta(seconds=30 * i)
+            for lane in range(1, st.lanes + 1):
+                h = _crc(f"{st.station_id}/{i}/{lane}")
+                if h % 4 == 0:
+                    continue  # this lane missed this interval
+                row = _reading(st.station_id, lane, at, 3 + h % 17)
+                row["occupancy"] = round((h % 500) / 1000, 4)
+                row["speed_kph"] = None if h % 7 == 0 else 20.0 + h % 60
+                rows.append(row)
+    return rows
+
+
+def _compress_caggs(engine: Engine) -> int:
+    """Compress every chunk of the aggregates that have compression; returns how many."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "SELECT compress_chunk(c, if_not_compressed => true) FROM "
+                "timescaledb_information.continuous_aggregates a, "
+                "show_chunks(format('%I.%I', a.view_schema, a.view_name)::regclass) c "
+                "WHERE a.compression_enabled"
+            )
+        )
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM timescaledb_information.chunks c "
+                "JOIN timescaledb_information.continuous_aggregates a "
+                "ON a.materialization_hypertable_name = c.hypertable_name WHERE c.is_compressed"
+            )
+        ).scalar_one()
+
+
+def test_continuous_aggregates_are_hierarchical_and_real_time(ts_engine: Engine) -> None:
+    with ts_engine.connect() as conn:
+        assert caggs.in_use(conn)
+        assert rollup.stored_levels(conn) == caggs.LEVELS
+        assert caggs.zone(conn) == "Asia/Jakarta"
+        info = _rows(
+            conn,
+            "SELECT view_name, materialized_only, compression_enabled, view_definition "
+            "FROM timescaledb_information.continuous_aggregates ORDER BY view_name",
+        )
+    assert [(v, m, c) for v, m, c, _d in info] == [
+        ("readings_1d", False, False),
+        ("readings_1h", False, True),
+        ("readings_5m", False, True),
+    ]
+    defs = {v: d for v, *_x, d in info}
+    assert "FROM readings_1h" in defs["readings_1d"] and "'1 day'" in defs["readings_1d"]
+    assert "FROM readings_5m" in defs["readings_1h"] and "Asia/Jakarta" in defs["readings_1h"]
+    assert "FROM readings" in defs["readings_5m"]
+    assert "count(DISTINCT readings.interval_start)" in defs["readings_5m"]
+
+
+def test_policies_exist(ts_engine: Engine, network: Network) -> None:
+    with ts_engine.begin() as conn:
+        caggs.set_retention(conn, 90)
+    with ts_engine.connect() as conn:
+        jobs = _rows(
+            conn,
+            "SELECT coalesce(c.view_name, j.hypertable_name), j.proc_name, "
+            "j.config->>'start_offset', j.config->>'end_offset', j.schedule_interval, "
+            "coalesce(j.config->>'compress_after', j.config->>'drop_after') "
+            "FROM timescaledb_information.jobs j "
+            "LEFT JOIN timescaledb_information.continuous_aggregates c "
+            "ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) "
+            "WHERE j.hypertable_name IS NOT NULL ORDER BY 1, 2",
+        )
+    assert jobs == [
+        ("readings", "policy_compression", None, None, timedelta(hours=12), "7 days"),
+        ("readings", "policy_retention", None, None, timedelta(days=1), "90 days"),
+        (
+            "readings_1d",
+            "policy_refresh_continuous_aggregate",
+            "7 days",
+            "1 day",
+            timedelta(hours=1),
+            None,
+        ),
+        ("readings_1h", "policy_compression", None, None, timedelta(hours=12), "90 days"),
+        (
+            "readings_1h",
+            "policy_refresh_continuous_aggregate",
+            "3 days",
+            "01:00:00",
+            timedelta(minutes=30),
+            None,
+        ),
+        ("readings_5m", "policy_compression", None, None, timedelta(hours=12), "30 days"),
+        (
+            "readings_5m",
+            "policy_refresh_continuous_aggregate",
+            "3 days",
+            "00:05:00",
+            timedelta(minutes=5),
+            None,
+        ),
+    ]
+    with ts_engine.begin() as conn:
+        caggs.set_retention(conn, 0)  # 0 keeps raw readings for ever: no policy
+        assert caggs.retention_days(conn) == 0
+
+
+def test_caggs_equal_plain_tables_with_late_data_and_missing_lanes(
+    ts_engine: Engine, pg_engine: Engine, network: Network
+) -> None:
+    """The aggregates hold the plain tables' sums (intervals counted exactly although lanes miss
+    intervals), the service answers are the same, also while late readings wait in the dirty-key
+    log and after the worker refreshed them."""
+    from tests.test_rollups import _answers, _same
+    from tests.test_rollups import _seed as seed_rollups
+
+    ragged = _ragged(network, RAG_START, 40)
+    for engine in (ts_engine, pg_engine):
+        seed_rollups(engine, network)
+        _insert(engine, ragged)
+        rollup.catch_up(engine, network.timezone)
+        with engine.connect() as conn:
+            assert rollup.pending(conn) == 0
+    _views_equal_tables(ts_engine, pg_engine)
+    five = _sums(ts_engine, caggs.readings_5m)
+    lanes = {s.station_id: s.lanes for s in network.stations}
+    assert any(r["intervals"] * lanes[s] != r["lane_rows"] for (s, _b), r in five.items())
+    _same(_answers(ts_engine, network, "rollup"), _answers(pg_engine, network, "rollup"))
+    _same(_answers(ts_engine, network, "rollup"), _answers(ts_engine, network, "raw"))
+    # what the compression policies do after 30 / 90 days: late data lands in compressed chunks
+    assert _compress_caggs(ts_engine) >= 2  # chunks of readings_5m and readings_1h
+    _same(_answers(ts_engine, network, "rollup"), _answers(pg_engine, network, "rollup"))
+
+    # Late readings (a month old: far behind the refresh policies' 3-day window) into buckets
+    # already materialised, including a lane that missed an interval, and a duplicate.
+    st = network.stations[0]
+    late = [
+        _reading(st.station_id, 1, RAG_START - timedelta(hours=5), 9),
+        *[r for r in ragged if r["lane"] == 1][:3],  # duplicates
+        _reading(st.station_id, 2, RAG_START - timedelta(hours=5), 4),
+    ]
+    missing = ragged
+    have = {(r["station_id"], r["lane"], r["interval_start"]) for r in missing}
+    sid = missing[0]["station_id"]
+    gap = next(
+        (sid, lane, RAG_START + timedelta(seconds=30 * i))
+        for i in range(80)
+        for lane in (1, 2)
+        if (sid, lane, RAG_START + timedelta(seconds=30 * i)) not in have
+    )
+    late.append(_reading(gap[0], gap[1], gap[2], 13))
+    for engine in (ts_engine, pg_engine):
+        assert _insert(engine, late) == 3
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) > 0
+    stale = _sums(ts_engine, caggs.readings_5m)
+    assert stale == five  # the materialised buckets wait for a refresh ...
+    _same(
+        _answers(ts_engine, network, "rollup"), _answers(pg_engine, network, "raw")
+    )  # ... answers do not
+    for engine in (ts_engine, pg_engine):
+        rollup.catch_up(engine, network.timezone)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == 0
+    assert _sums(ts_engine, caggs.readings_5m) != five
+    _views_equal_tables(ts_engine, pg_engine)
+    _same(_answers(ts_engine, network, "rollup"), _answers(pg_engine, network, "rollup"))
+    for level in ("segment", "corridor"):
+        table = rollup.TARGET_TABLES[level]
+        with ts_engine.connect() as a, pg_engine.connect() as b:
+            q = select(table).order_by(table.c.target_id, table.c.bucket_start)
+            ta, tb = a.execute(q).all(), b.execute(q).all()
+        assert len(ta) == len(tb) > 0
+        for x, y in zip(ta, tb, strict=True):
+            assert x[:2] == y[:2]
+            assert all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(x[2:], y[2:], strict=True))
+
+
+def test_newest_buckets_are_real_time(ts_engine: Engine, network: Network) -> None:
+    """materialized_only = false: buckets after the refreshed ones show in the views at once."""
+    st = network.stations[0].station_id
+    _insert(ts_engine, [_reading(st, 1, RAG_START, 5)])
+    rollup.catch_up(ts_engine, network.timezone)
+    newer = RAG_START + timedelta(hours=2)
+    _insert(ts_engine, [_reading(st, 1, newer, 7), _reading(st, 2, newer, 3)])
+    with ts_engine.connect() as conn:
+        row = conn.execute(
+            select(caggs.readings_5m.c.lane_rows, caggs.readings_5m.c.intervals).where(
+                caggs.readings_5m.c.bucket_start == newer
+            )
+        ).one()
+        hour = conn.execute(
+            select(func.count())
+            .select_from(caggs.readings_1h)
+            .where(caggs.readings_1h.c.bucket_start == newer)
+        ).scalar_one()
+    assert tuple(row) == (2, 1)
+    assert hour == 1
+
+
+def test_retention_drops_raw_chunks_and_keeps_aggregates(
+    ts_engine: Engine, network: Network
+) -> None:
+    """The retention policy drops raw chunks; the aggregates (and what the service answers from
+    them over whole 5-minute buckets) stay, also after the refresh policies and the worker ran."""
+    from tests.test_rollups import END, START, _answers, _same
+    from tests.test_rollups import _seed as seed_rollups
+
+    seed_rollups(ts_engine, network)
+    rollup.catch_up(ts_engine, network.timezone)
+    before = _answers(ts_engine, network, "rollup", [(START, END)])
+    sums = {v: _sums(ts_engine, caggs.metadata.tables[v]) for v in caggs.VIEWS}
+    days = (datetime.now(UTC) - END).days - 2
+    assert days >= 1, "the test's readings are fixed in November 2026"
+    with ts_engine.begin() as conn:
+        caggs.set_retention(conn, days)
+        assert caggs.retention_days(conn) == days
+        jobs = (
+            conn.execute(
+                text(
+                    "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name IN "
+                    "('policy_retention', 'policy_refresh_continuous_aggregate') ORDER BY proc_name DESC"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    with ts_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for job in jobs:  # retention first, then every refresh policy
+            conn.execute(text("CALL run_job(:j)"), {"j": job})
+        assert conn.execute(select(func.count()).select_from(schema.readings)).scalar() == 0
+    rollup.catch_up(ts_engine, network.timezone)
+    assert {v: _sums(ts_engine, caggs.metadata.tables[v]) for v in caggs.VIEWS} == sums
+    _same(_answers(ts_engine, network, "rollup", [(START, END)]), before)
+
+
+def test_a_shorter_retention_moves_the_refresh_windows_and_keeps_the_rows(
+    ts_engine: Engine, network: Network
+) -> None:
+    """ITS_RETENTION_RAW_DAYS=2: the 5-minute refresh window stays inside it (a refresh over
+    dropped raw chunks would empty buckets); the aggregates are kept, not re-created."""
+    _insert(ts_engine, FIRST)
+    rollup.catch_up(ts_engine, network.timezone)
+    before = _sums(ts_engine, caggs.readings_5m)
+    assert len(before) == 4
+    assert caggs.setup(ts_engine, network.timezone, retention_raw_days=2)
+    with ts_engine.connect() as conn:
+        assert rollup.pending(conn) == 0  # nothing to rebuild
+        assert caggs.retention_days(conn) == 2
+        offsets = dict(
+            _rows(
+                conn,
+                "SELECT c.view_name, j.config->>'start_offset' FROM timescaledb_information.jobs j "
+                "JOIN timescaledb_information.continuous_aggregates c "
+                "ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) "
+                "WHERE j.proc_name = 'policy_refresh_continuous_aggregate'",
+            )
+        )
+    # the coarser levels read only their parent's rows, and need two buckets of window
+    assert offsets == {"readings_5m": "1 day", "readings_1h": "1 day", "readings_1d": "3 days"}
+    assert _sums(ts_engine, caggs.readings_5m) == before
+
+
+def test_zone_change_recreates_hourly_and_daily(ts_engine: Engine, network: Network) -> None:
+    """A network in another zone: setup re-creates the aggregates in that zone and logs the
+    readings, and the worker refills them with that zone's local days."""
+    from tests.test_rollups import _seed as seed_rollups
+
+    seed_rollups(ts_engine, network)
+    rollup.catch_up(ts_engine, network.timezone)
+    assert caggs.setup(ts_engine, "America/New_York")
+    with ts_engine.connect() as conn:
+        assert caggs.zone(conn) == "America/New_York"
+        assert rollup.pending(conn) > 0
+    rollup.catch_up(ts_engine, "America/New_York")
+    days = {b for _s, b in _sums(ts_engine, caggs.readings_1d)}
+    assert days == {datetime(2026, 11, 2, 5, tzinfo=UTC)}  # New York's local midnight (EST)
+    assert caggs.setup(ts_engine, network.timezone)  # back, for the tests after this one
+
+
+def _its(*args: str, url: str) -> str:
+    """Run the ``its`` command in a child process (its engines end with the process)."""
+    env = {**os.environ, "ITS_DATABASE_URL": url, "ITS_RETENTION_RAW_DAYS": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "its.cli", *args], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_cli_on_timescaledb(ts_engine: Engine) -> None:
+    """`its db upgrade`, `its db check` and `its db rollup` (also --rebuild) on TimescaleDB."""
+    url = ts_engine.url.render_as_string(hide_password=False)
+    assert "on timescaledb" in _its("db", "upgrade", url=url)
+    assert "agree" in _its("db", "check", url=url)
+    with ts_engine.begin() as conn:  # one statement: one log row per key
+        conn.execute(insert(schema.readings).values(FIRST))
+    for args in (["--no-progress"], ["--rebuild", "--no-progress"]):
+        assert "rolled up 4 dirty keys" in _its("db", "rollup", *args, url=url)
+        assert len(_sums(ts_engine, caggs.readings_5m)) == 4
+        with ts_engine.connect() as conn:
+            assert rollup.pending(conn) == 0
+            mat = conn.execute(
+                text(
+                    "SELECT format('%I.%I', materialization_hypertable_schema, "
+                    "materialization_hypertable_name) FROM "
+                    "timescaledb_information.continuous_aggregates WHERE view_name = 'readings_5m'"
+                )
+            ).scalar()
+            assert conn.execute(text(f"SELECT count(*) FROM {mat}")).scalar() == 4

@@ -85,6 +85,14 @@ ROLLUP_START = datetime(1970, 1, 1, tzinfo=UTC)
 ROLLUP_END = datetime(2200, 1, 1, tzinfo=UTC)
 
 
+def stored_levels(conn: Connection) -> tuple[Level, ...]:
+    """The stored station levels on this connection's backend: the roll-up tables, or on
+    TimescaleDB the continuous aggregates with the same columns (:mod:`its.db.caggs`)."""
+    from its.db import caggs
+
+    return caggs.levels(conn)
+
+
 # --------------------------------------------------------------------------- bucket arithmetic
 
 
@@ -292,9 +300,11 @@ def target_sums_query(sums: Any, level: str, bucket_s: float) -> Any:
     )
 
 
-def _refresh_targets(conn: Connection, buckets: set[datetime]) -> None:
-    """Recompute the segment and corridor 5-minute rows of ``buckets`` from the station rows."""
-    five = schema.rollup_5m
+def refresh_targets(
+    conn: Connection, buckets: set[datetime], five: Table = schema.rollup_5m
+) -> None:
+    """Recompute the segment and corridor 5-minute rows of ``buckets`` from the station rows
+    (``five``: the 5-minute station level, a table or TimescaleDB's continuous aggregate)."""
     ordered = sorted(buckets)
     for i in range(0, len(ordered), 500):
         part = ordered[i : i + 500]
@@ -308,7 +318,7 @@ def _refresh_targets(conn: Connection, buckets: set[datetime]) -> None:
 def rebuild_targets(conn: Connection) -> None:
     """Recompute every segment and corridor row, e.g. after the road network was replaced
     (stations moved between segments, or a vehicle length changed)."""
-    five = schema.rollup_5m
+    five = stored_levels(conn)[0].table
     for level, table in TARGET_TABLES.items():
         conn.execute(delete(table))
         query = target_sums_query(five.alias("station_sums"), level, FIVE_MIN.total_seconds())
@@ -458,7 +468,7 @@ def refresh(conn: Connection, tz: str, *, limit: int = DEFAULT_BATCH) -> int:
         )
 
     _recompute(conn, keys, LEVEL_5M, raw)
-    _refresh_targets(conn, {b for _s, b in keys})
+    refresh_targets(conn, {b for _s, b in keys})
     finer = LEVEL_5M
     fine_keys = keys
     for level in (LEVEL_1H, LEVEL_1D):
@@ -495,7 +505,13 @@ def catch_up(
     stop: threading.Event | None = None,
 ) -> int:
     """Refresh until the log is empty (or ``stop`` is set); one transaction per batch.
-    Returns the keys processed; ``progress`` is called with each batch's count."""
+    Returns the keys processed; ``progress`` is called with each batch's count. On TimescaleDB
+    the continuous aggregates are refreshed instead (:func:`its.db.caggs.catch_up`)."""
+    from its.db import caggs
+
+    with engine.connect() as conn:
+        if caggs.in_use(conn):
+            return caggs.catch_up(engine, tz, batch=batch, progress=progress, stop=stop)
     total = 0
     while stop is None or not stop.is_set():
         with engine.begin() as conn:
@@ -515,8 +531,12 @@ def rebuild(conn: Connection, tz: str | None = None) -> None:
     Where the retention clean-up has deleted raw rows (a horizon is recorded), the 5-minute
     roll-ups before the horizon are all that is left of that history: they are kept, and the
     local hours and days (zone ``tz``, required then) are rebuilt from them; everything from the
-    horizon on is rebuilt from the raw rows as usual."""
-    from its.db import rollup_sql
+    horizon on is rebuilt from the raw rows as usual. On TimescaleDB the continuous aggregates
+    are re-created (docs/timescaledb.md)."""
+    from its.db import caggs, rollup_sql
+
+    if caggs.in_use(conn):
+        caggs.recreate(conn)
 
     limit = horizon.recorded_horizon(conn)
     if limit is not None and tz is None:

@@ -10,8 +10,9 @@ buckets from the raw rows. Deletes are not logged: retention removes raw rows an
   skipped are not in the transition table, so a duplicate logs nothing. The log is append-only
   (no unique key): writers never wait for each other or for the worker, and the worker claims
   rows with ``FOR UPDATE SKIP LOCKED``.
-- TimescaleDB: hypertables do not support transition tables, so the same log is written by a
-  row-level trigger.
+- TimescaleDB 2.16 and later: the same statement-level triggers (hypertables support transition
+  tables since 2.16). Older TimescaleDB has no transition tables on hypertables, so there the
+  same log is written by a row-level trigger (one log row per reading written).
 - SQLite: row-level triggers that add a key only when it is not logged yet (writers are
   serialised, so the check cannot race).
 """
@@ -75,13 +76,37 @@ def is_timescaledb(conn: Connection) -> bool:
     )
 
 
+def transition_tables_supported(conn: Connection) -> bool:
+    """Whether statement triggers with transition tables work on ``readings``: plain
+    PostgreSQL, and TimescaleDB from 2.16 on."""
+    if not is_timescaledb(conn):
+        return True
+    version = conn.execute(
+        text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    ).scalar_one()
+    major, minor = (int(p) for p in version.split("-")[0].split(".")[:2])
+    return (major, minor) >= (2, 16)
+
+
+def uses_row_triggers(conn: Connection) -> bool:
+    """Whether ``readings`` logs keys with the row-level trigger (made on an older TimescaleDB)."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT 1 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                "WHERE t.tgrelid = to_regclass('readings') AND p.proname = 'its_rollup_log_row'"
+            )
+        ).first()
+    )
+
+
 def create_triggers(conn: Connection) -> None:
     """Install the dirty-key triggers on ``readings`` for this backend."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(_sqlite_trigger("its_rollup_log_insert", "INSERT"))
         conn.exec_driver_sql(_sqlite_trigger("its_rollup_log_update", "UPDATE"))
         return
-    if is_timescaledb(conn):
+    if not transition_tables_supported(conn):
         conn.exec_driver_sql(_PG_ROW_FN)
         for event in ("INSERT", "UPDATE"):
             conn.exec_driver_sql(

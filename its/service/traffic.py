@@ -259,11 +259,12 @@ def _stored_piece(
 ROLLUP_COLUMNS = ("station_id", "bucket_start", *rollup.SUM_COLUMNS, *rollup.MAX_COLUMNS)
 
 
-def _usable_levels(bucket_s: int) -> list[rollup.Level]:
-    """Stored levels whose buckets nest in the requested one, coarsest first (hours and days are
-    local, as requested buckets of an hour or more are: :func:`bucket_tz`)."""
+def _usable_levels(bucket_s: int, stored: tuple[rollup.Level, ...]) -> list[rollup.Level]:
+    """Stored levels (this backend's: :func:`its.db.rollup.stored_levels`) whose buckets nest in
+    the requested one, coarsest first (hours and days are local, as requested buckets of an hour
+    or more are: :func:`bucket_tz`)."""
     out = []
-    for level in reversed(rollup.LEVELS):
+    for level in reversed(stored):
         width = int(level.width.total_seconds())
         if bucket_s % width == 0 and (level.local == (bucket_s >= 3600) or not level.local):
             out.append(level)
@@ -350,7 +351,8 @@ def station_sums_query(
     start, end = _beyond_retention(start, end, raw_from)
     dirty = _dirty_since(conn, station_ids, raw_from)
     stored_end = max(start, min(end, dirty)) if dirty is not None else end
-    pieces = _pieces(start, stored_end, _usable_levels(bucket_s), tz)
+    levels = _usable_levels(bucket_s, rollup.stored_levels(conn))
+    pieces = _pieces(start, stored_end, levels, tz)
     if stored_end < end:
         pieces.append((None, stored_end, end))
     selects = [

@@ -126,7 +126,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    rollup_sql.drop_triggers(op.get_bind())
+    conn = op.get_bind()
+    if rollup_sql.is_timescaledb(conn):
+        # the continuous aggregates (its.db.caggs, made after migrating) read readings
+        from its.db import caggs
+
+        caggs.drop(conn)
+    rollup_sql.drop_triggers(conn)
     op.drop_index("ix_rollup_dirty_bucket_start", table_name="rollup_dirty")
     op.drop_table("rollup_dirty")
     for name in (*LEVELS, *TARGET_LEVELS):
