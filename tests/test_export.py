@@ -344,7 +344,10 @@ def test_cli_writes_the_file_the_api_streams(
     from its.config import get_settings
 
     monkeypatch.setenv("ITS_DATABASE_URL", seeded.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("TERMINAL_WIDTH", "400")  # typer's error box, on one line
+    # typer's error box on one line: typer reads TERMINAL_WIDTH once, when first imported (by an
+    # earlier test in a full run), so the width it keeps is set directly as well
+    monkeypatch.setenv("TERMINAL_WIDTH", "400")
+    monkeypatch.setattr("typer.rich_utils.MAX_WIDTH", 400)
     monkeypatch.setenv("ITS_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()
     try:
