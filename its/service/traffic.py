@@ -72,19 +72,41 @@ def row_dicts(rows: Iterable[IntervalRow], *, with_id: bool = True) -> list[dict
     one target's series): the one place their rounding is written. Each bucket's time is
     written once; thousands of rows share a few hundred buckets."""
     isos: dict[datetime, str | None] = {}
-    out = []
+    out: list[dict[str, Any]] = []
     append = out.append
-    for target, bucket, speed, flow, occupancy, pct in rows:
-        text = isos.get(bucket)
-        if text is None:
-            text = isos[bucket] = iso(bucket)
-        point = {"id": target} if with_id else {}
-        point["bucket_start"] = text
-        point["speed_kph"] = None if speed is None else round(speed, 1)
-        point["flow_vph"] = None if flow is None else round(flow, 1)
-        point["occupancy"] = None if occupancy is None else round(occupancy, 4)
-        point["pct_observed"] = round(pct, 1)
-        append(point)
+    last: Any = None
+    text: str | None = None
+    # one dict display per row (several times faster than filling a dict key by key), and the
+    # bucket's text looked up only when the bucket changes (rows come by bucket)
+    if with_id:
+        for target, bucket, speed, flow, occupancy, pct in rows:
+            if bucket is not last:
+                last = bucket
+                text = isos.get(bucket) or isos.setdefault(bucket, iso(bucket))
+            append(
+                {
+                    "id": target,
+                    "bucket_start": text,
+                    "speed_kph": None if speed is None else round(speed, 1),
+                    "flow_vph": None if flow is None else round(flow, 1),
+                    "occupancy": None if occupancy is None else round(occupancy, 4),
+                    "pct_observed": round(pct, 1),
+                }
+            )
+        return out
+    for _target, bucket, speed, flow, occupancy, pct in rows:
+        if bucket is not last:
+            last = bucket
+            text = isos.get(bucket) or isos.setdefault(bucket, iso(bucket))
+        append(
+            {
+                "bucket_start": text,
+                "speed_kph": None if speed is None else round(speed, 1),
+                "flow_vph": None if flow is None else round(flow, 1),
+                "occupancy": None if occupancy is None else round(occupancy, 4),
+                "pct_observed": round(pct, 1),
+            }
+        )
     return out
 
 
