@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -53,22 +53,42 @@ class Encoder(Protocol):
     def end(self) -> bytes: ...
 
 
-def _iso_rows(rows: Iterable[tuple[Any, ...]], time_cols: Sequence[int]) -> list[list[Any]]:
-    """Rows with their time columns as ISO text; a time shared by many rows (a bucket) is
-    formatted once."""
+def _iso_rows(rows: Iterable[tuple[Any, ...]], time_cols: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Rows with their time columns as ISO text. A time shared by many rows (a bucket) is
+    formatted once: rows come in time order and share the time object, so the last one is
+    remembered by identity (a cheap test; hashing an aware datetime is not), with a dict for
+    the rest."""
+    if not time_cols:
+        return rows if isinstance(rows, list) else list(rows)
     cache: dict[datetime, str | None] = {}
-    out = []
+    last: list[Any] = [None] * len(time_cols)
+    text: list[str | None] = [None] * len(time_cols)
+
+    def as_text(k: int, t: Any) -> str | None:
+        if t is not last[k]:
+            last[k] = t
+            hit = cache.get(t) if t is not None else None
+            if hit is None and t is not None:
+                hit = cache[t] = iso(t)
+            text[k] = hit
+        return text[k]
+
+    if time_cols == [1]:  # aggregates: (id, bucket_start, ...); the common case, inlined
+        out = []
+        append = out.append
+        for row in rows:
+            t = row[1]
+            if t is not last[0]:
+                as_text(0, t)
+            append((row[0], text[0], *row[2:]))
+        return out
+    result = []
     for row in rows:
         values = list(row)
-        for c in time_cols:
-            t = values[c]
-            if t is not None:
-                text = cache.get(t)
-                if text is None:
-                    text = cache[t] = iso(t)
-                values[c] = text
-        out.append(values)
-    return out
+        for k, c in enumerate(time_cols):
+            values[c] = as_text(k, values[c])
+        result.append(tuple(values))
+    return result
 
 
 class CsvEncoder:
@@ -106,8 +126,10 @@ class NdjsonEncoder:
     def encode(self, rows: Sequence[tuple[Any, ...]]) -> bytes:
         names, dumps, opt = self.names, orjson.dumps, orjson.OPT_APPEND_NEWLINE
         return b"".join(
-            dumps(dict(zip(names, row, strict=True)), option=opt)
-            for row in _iso_rows(rows, self.time_cols)
+            [
+                dumps(dict(zip(names, row, strict=True)), option=opt)
+                for row in _iso_rows(rows, self.time_cols)
+            ]
         )
 
     def end(self) -> bytes:
@@ -141,6 +163,25 @@ class _Sink(io.RawIOBase):
         return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(times: Sequence[datetime | None]) -> list[int | None]:
+    """Times as microseconds since the epoch, which pyarrow takes for a timestamp column far
+    faster than datetimes; a time shared by consecutive rows (a bucket) is converted once."""
+    out: list[int | None] = []
+    append = out.append
+    last: Any = object()
+    value: int | None = None
+    for t in times:
+        if t is not last:
+            last = t
+            value = None if t is None else (t - _EPOCH) // _MICROSECOND
+        append(value)
+    return out
+
+
 class ParquetEncoder:
     """A Parquet file written in row groups of about :data:`PARQUET_ROW_GROUP_ROWS` rows: each
     group leaves as soon as it is full; the footer (the row groups' index) comes last."""
@@ -171,7 +212,7 @@ class ParquetEncoder:
         columns = list(zip(*self._pending, strict=True))
         table = pa.Table.from_arrays(
             [
-                pa.array(col, type=field.type)
+                pa.array(_micros(col) if pa.types.is_timestamp(field.type) else col, field.type)
                 for col, field in zip(columns, self.schema, strict=True)
             ],
             schema=self.schema,

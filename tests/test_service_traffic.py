@@ -150,3 +150,36 @@ def test_segment_series_unknown_segment(engine: Engine, network: Network) -> Non
 
     with engine.connect() as conn, pytest.raises(NotFoundError, match="no segment"):
         live.segment_series(conn, network, "NOPE", aligned(10), aligned(0))
+
+
+def test_live_map_shows_the_newest_complete_bucket(engine: Engine, network: Network) -> None:
+    """The map's value is the newest complete 5-minute bucket, not a rolling 5 minutes: the
+    minutes of the bucket in progress do not move it, yet they do count as seen (observed_at)."""
+    seg = network.segments[0]
+    stations = network.stations_of(seg.segment_id)
+    t0 = aligned(60)  # 5-minute aligned
+    ff = seg.free_flow_kph
+    # two complete buckets (0.9 then 0.3 of free flow), then 2 minutes of 0.9 in the third
+    seed(engine, network, t0, 10, lambda st, t: (0.9 if t < t0 + timedelta(minutes=5) else 0.3) * ff,
+         stations=stations)  # fmt: skip
+    seed(engine, network, t0 + timedelta(minutes=10), 2, lambda st, t: 0.9 * ff, stations=stations)
+    clock = t0 + timedelta(minutes=12)
+    assert live.live_bucket(clock) == (t0 + timedelta(minutes=5), t0 + timedelta(minutes=10))
+    assert live.live_bucket(t0 + timedelta(minutes=10)) == live.live_bucket(clock)
+    with engine.connect() as conn:
+        assert traffic.data_clock(conn) == clock
+        state = live.network_state(conn, network, stale_after_s=180)
+        [bucket] = traffic.aggregate(
+            conn, network, "segment", t0 + timedelta(minutes=5), t0 + timedelta(minutes=10), 300,
+            target_ids=[seg.segment_id],
+        )  # fmt: skip
+    props = next(f["properties"] for f in state["features"] if f["id"] == seg.segment_id)
+    assert props["speed_kph"] == pytest.approx(0.3 * ff, rel=0.01)  # not a blend with 0.9
+    assert props["speed_kph"] == round(bucket.speed_kph, 1)
+    assert props["flow_vph"] == round(bucket.flow_vph, 1)
+    assert props["pct_observed"] == 100.0
+    assert props["observed_at"] == iso(clock)
+    assert props["stale"] is False
+    others = [f["properties"] for f in state["features"] if f["id"] != seg.segment_id]
+    assert {p["band"] for p in others} == {"no-data"}
+    assert all(p["stale"] for p in others)

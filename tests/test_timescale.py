@@ -413,11 +413,11 @@ def _service_answers(engine: Engine, network: Network) -> dict[Any, Any]:
                 out[(level, bucket_s)] = traffic.aggregate(
                     conn, network, level, SVC_START, SVC_END, bucket_s
                 )
-        # network_state's unrounded input: each segment over the last five minutes of data
+        # network_state's unrounded input: each segment in the newest complete 5-minute bucket
         clock = traffic.data_clock(conn)
         assert clock is not None
         out["window"] = sorted(
-            traffic.window(conn, network, "segment", clock - live.LIVE_WINDOW, clock).values(),
+            live.live_segments(conn, network, clock).values(),
             key=lambda i: i.target_id,
         )
         out["network_state"] = live.network_state(conn, network)

@@ -24,7 +24,9 @@ class SegmentState(BaseModel):
     road_class: str
     length_km: float
     free_flow_kph: float
-    speed_kph: float | None = Field(description="Flow-weighted harmonic mean, last 5 min of data")
+    speed_kph: float | None = Field(
+        description="Flow-weighted harmonic mean, newest complete 5-minute bucket of data"
+    )
     flow_vph: float | None = Field(description="Mean station flow, vehicles per hour")
     occupancy: float | None = Field(description="Mean lane occupancy, fraction 0..1")
     pct_observed: float | None

@@ -2,8 +2,11 @@
 
 "Now" is the data clock (:func:`its.service.traffic.data_clock`), not the wall clock, so the views
 stay meaningful while the simulator replays history quickly or a feed lags. A segment's live value
-is its traffic over the last five minutes of data; older than ``stale_after_s`` it is marked stale,
-and a segment with no data is "no-data", never free-flowing.
+is its traffic in the newest complete 5-minute bucket of data time (:func:`live_bucket`), read from
+the stored segment roll-ups (raw rows only where the worker has not rolled up yet), so one refresh
+of the map reads 2,000 stored rows at city scale rather than 60,000 raw ones. A segment whose
+newest reading is older than ``stale_after_s`` is marked stale, and a segment with no data in that
+bucket is "no-data", never free-flowing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from its import metrics
 from its.contract import iso
+from its.db import rollup
 from its.errors import NotFoundError
 from its.network import Network, Segment
 from its.service import traffic
@@ -26,6 +30,25 @@ HEALTH_LOOKBACK = timedelta(hours=1)
 OFFLINE_PERIODS = 3
 CONGESTED_BANDS = ("congested", "jammed")
 HEALTH_STATES = ("ok", "offline", "no-data")
+
+
+def live_bucket(clock: datetime) -> tuple[datetime, datetime]:
+    """The newest complete 5-minute bucket at data time ``clock``: the one the live map shows.
+
+    A complete bucket (rather than a rolling five minutes) is what the roll-ups store, so the map
+    reads one stored row per segment; the bucket in progress would count the intervals still to
+    come as missing (its % observed would climb through the bucket)."""
+    end = rollup.bucket_floor(clock, LIVE_WINDOW, None)
+    return end - LIVE_WINDOW, end
+
+
+def live_segments(
+    conn: Connection, network: Network, clock: datetime
+) -> dict[str, traffic.Interval]:
+    """Each segment's traffic in the newest complete 5-minute bucket (:func:`live_bucket`)."""
+    start, end = live_bucket(clock)
+    rows = traffic.aggregate_rows(conn, network, "segment", start, end, 300)
+    return {row[0]: traffic.Interval(*row) for row in rows}
 
 
 def _clock(conn: Connection, now: datetime | None) -> datetime | None:
@@ -96,7 +119,7 @@ def _features(
 ) -> list[dict[str, Any]]:
     live: dict[str, traffic.Interval] = {}
     if clock is not None:
-        live = traffic.window(conn, network, "segment", clock - LIVE_WINDOW, clock)
+        live = live_segments(conn, network, clock)
     observed = _segment_observed(network, seen)
     stale_before = clock - timedelta(seconds=stale_after_s) if clock else None
     features = []

@@ -14,8 +14,8 @@ router = APIRouter(prefix="/network", tags=["network"])
 
 @router.get("", response_model=NetworkState, summary="Live state of every segment (GeoJSON)")
 def get_network(conn: ConnDep, network: NetworkDep, settings: SettingsDep) -> Response:
-    """Each segment's speed, flow, occupancy, congestion band and TTI over the last five minutes
-    of data. ``stale`` marks a segment whose newest data is older than ``ITS_STALE_AFTER_S``;
+    """Each segment's speed, flow, occupancy, congestion band and TTI in the newest complete
+    5-minute bucket of data time (for a data clock of 08:07:30, 08:00-08:05). ``stale`` marks a segment whose newest data is older than ``ITS_STALE_AFTER_S``;
     a segment without data has band ``no-data``, never ``free``."""
     state = live.network_state(conn, network, stale_after_s=settings.stale_after_s)
     # serialised here (the model documents it): re-validating 2,000 features costs more than
