@@ -60,7 +60,10 @@ from its.alerts.health import (
     detector_message,
     detector_step,
     diagnose,
+    mean_lane_vph,
+    neighbour_flow,
     pct_good,
+    station_neighbours,
 )
 from its.alerts.incident_runner import IncidentRunner
 from its.alerts.rules import (
@@ -190,6 +193,7 @@ class Evaluator:
         for st in network.stations:
             self._stations_by_segment[st.segment_id].append(st.station_id)
         self._segment_of = {st.station_id: st.segment_id for st in network.stations}
+        self._neighbours = station_neighbours(network)
         self.incidents = IncidentRunner(network, self.cfg.incidents())
         self.bottlenecks = BottleneckRunner(network, self.cfg.bottleneck())
         self._gateways = network.gateways()
@@ -572,11 +576,11 @@ class Evaluator:
             )
         }
         st_buckets: dict[tuple[str, datetime], Any] = {}
-        samples: dict[str, list[tuple[datetime, StationSample]]] = {}
+        # detector health runs every minute, on the window that ends with it
+        samples = self._station_samples(conn, start - timedelta(seconds=self.health.window_s), end)
         if floor_bucket(end) > start:  # a 5-minute bucket ends in (start, end]
             lo = floor_bucket(start)
             hi = floor_bucket(end)
-            samples = self._station_samples(conn, lo - timedelta(seconds=self.health.window_s), hi)
             st_buckets = {
                 (i.target_id, i.bucket_start): i
                 for i in aggregate(conn, self.network, "station", lo, hi, BUCKET_S)
@@ -613,8 +617,7 @@ class Evaluator:
                 sid for sid, (_r, seen) in offline.items() if seen is None or seen < tick_end
             }
             suppressed = fully_offline_segments(self._stations_by_segment, offline_then)
-            if at_bucket:
-                summary = self._evaluate_health(conn, tick_end, samples, health, result)
+            summary = self._evaluate_health(conn, tick_end, samples, health, at_bucket, result)
             # A station diagnosed faulty suppresses the traffic alerts its data would cause:
             # its segment's minutes count as no data (neither raise nor clear) while it lasts.
             faulty = {sid for sid, h in health.items() if h.active}
@@ -799,15 +802,27 @@ class Evaluator:
         bucket_end: datetime,
         samples: dict[str, list[tuple[datetime, StationSample]]],
         health: dict[str, DetectorState],
+        at_bucket: bool,
         result: StepResult,
     ) -> dict[str, Any]:
-        """Diagnose every reporting station over the window ending at ``bucket_end``; raise,
-        repeat or clear its detector-fault alert. Returns the network's % good detectors."""
+        """Diagnose every reporting station over the window ending at ``bucket_end`` (the end
+        of a minute); raise or clear its detector-fault alert, and repeat it at the end of each
+        5-minute bucket (not every minute, to keep the history short). Returns the network's %
+        good detectors."""
         window_start = bucket_end - timedelta(seconds=self.health.window_s)
         windows = {
             sid: [smp for ts, smp in rows if window_start <= ts < bucket_end]
             for sid, rows in samples.items()
         }
+        # the neighbours' flow over the span a zero run needs (``no-flow``)
+        zero_from = bucket_end - timedelta(
+            seconds=self.health.zero_min_intervals * self.cfg.default_period_s
+        )
+        recent_vph = {
+            sid: mean_lane_vph(smp for ts, smp in rows if zero_from <= ts < bucket_end)
+            for sid, rows in samples.items()
+        }
+        faulty_before = {sid for sid, h in health.items() if h.active}
         lane_flows = [
             statistics.fmean(
                 ln.count * 3600.0 / smp.period_s
@@ -836,13 +851,19 @@ class Evaluator:
                 int(span_s // win[-1].period_s) if span_s >= self.health.window_s / 2 else None
             )
             found: list[Diagnosis] = diagnose(
-                win, expected_intervals=expected, network_lane_vph=network_vph, params=self.health
+                win,
+                expected_intervals=expected,
+                network_lane_vph=network_vph,
+                neighbour_lane_vph=neighbour_flow(
+                    self._neighbours.get(sid, ()), recent_vph, faulty_before
+                ),
+                params=self.health,
             )
             new, action = detector_step(health[sid], found)
             health[sid] = new
             if new.active:
                 faulty += 1
-            if action in ("raise", "repeat"):
+            if action == "raise" or (action == "repeat" and at_bucket):
                 details = {
                     "diagnosis": found[0].kind,
                     "evidence": found[0].evidence,

@@ -15,20 +15,28 @@ station's recent intervals (a window of data time, 15 minutes by default) and na
 - ``mismatch``     flow and occupancy disagree (many vehicles but an empty loop: an implied
                    speed far beyond any car's);
 - ``implausible-speed`` measured speeds no road vehicle drives, or crawling speeds at full flow;
-- ``no-flow``      counts and occupancy zero all window while the network is busy (a dead loop
-                   that still sends zeros);
+- ``no-flow``      counts and occupancy zero for ``zero_min_intervals`` in a row while the
+                   stations either side carry enough traffic that ~20 vehicles should have
+                   crossed (a dead loop that still sends zeros, at night too); without
+                   neighbours' data, zeros all window while the network is busy;
 - ``intermittent`` fewer than ``min_pct_observed`` of the expected intervals arrived.
 
 Persistence lives in the window itself (a diagnosis needs a share of the window, or a run of
-intervals), so one odd interval is never a fault. :func:`detector_step` is the alert's state
-machine: raise on a diagnosis, clear after ``clear_k`` consecutive clean evaluations.
+intervals), so one odd interval is never a fault. Faults no traffic produces (controller flags,
+null lanes, chatter) also hold after a run of ``run_intervals`` (5 min), so the evaluator, which
+diagnoses every minute, names them within minutes of onset. :func:`detector_step` is the alert's
+state machine: raise on a diagnosis, clear after ``clear_k`` consecutive clean evaluations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from its.network import Network
 
 DETECTOR_FAULT = "detector-fault"
 
@@ -84,6 +92,14 @@ class HealthParams:
     crawl_min_vph: float = 1200.0
     no_flow_network_vph: float = 300.0
     min_pct_observed: float = 50.0
+    # Faults no traffic can produce (controller flags, null lanes, chatter) are also diagnosed
+    # when they hold in each of the last ``run_intervals`` intervals: 5 min, not half of 15.
+    run_intervals: int = 10
+    # ``no-flow``: a run of all-zero intervals (counts and occupancy) this long at least ...
+    zero_min_intervals: int = 10
+    # ... over which the neighbours' lane flow says at least this many vehicles should have
+    # crossed the station (Poisson: P(0 | 20) = 2e-9, so a quiet night is not a fault).
+    zero_expected_vehicles: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -118,19 +134,33 @@ def _stuck_run(samples: Sequence[StationSample]) -> int:
     return best
 
 
+def _trailing_run(samples: Sequence[StationSample], test: Any) -> int:  # noqa: ANN401
+    """How many of the newest intervals in a row satisfy ``test``."""
+    run = 0
+    for s in reversed(samples):
+        if not test(s):
+            break
+        run += 1
+    return run
+
+
 def diagnose(
     samples: Sequence[StationSample],
     *,
     expected_intervals: int | None = None,
     network_lane_vph: float | None = None,
+    neighbour_lane_vph: float | None = None,
     params: HealthParams = HealthParams(),  # noqa: B008 - frozen, so a safe default
 ) -> list[Diagnosis]:
     """Every diagnosis that holds for one station's window, worst first; [] when healthy.
 
     ``samples`` are the station's intervals in time order; ``expected_intervals`` how many the
     window should hold (for ``intermittent``); ``network_lane_vph`` the network's typical lane
-    flow over the same window (for ``no-flow``: zeros at night are normal). No samples at all is
-    "no data" (the offline rule's business), not a detector fault.
+    flow over the same window; ``neighbour_lane_vph`` the lane flow of the station's neighbours
+    in the direction of travel (the lower of upstream and downstream), which ``no-flow`` prefers:
+    a loop reading zero while the stations either side carry traffic is dead, at night too,
+    while zeros on a quiet road are normal. No samples at all is "no data" (the offline rule's
+    business), not a detector fault.
     """
     if not samples:
         return []
@@ -141,9 +171,14 @@ def diagnose(
     if run >= p.stuck_intervals:
         found["stuck"] = f"identical non-zero values for {run} intervals in a row"
 
-    bad_status = _share(samples, lambda s: s.status != "ok")
+    def flagged(s: StationSample) -> bool:
+        return s.status != "ok"
+
+    bad_status = _share(samples, flagged)
     if bad_status >= p.share:
         found["reported-fault"] = f"controller flags {bad_status:.0%} of intervals"
+    elif (run := _trailing_run(samples, flagged)) >= p.run_intervals:
+        found["reported-fault"] = f"controller flags the last {run} intervals"
 
     def null_lane(s: StationSample) -> bool:
         return any(ln.count is None and ln.occupancy is None for ln in s.lanes)
@@ -151,6 +186,8 @@ def diagnose(
     null_share = _share(samples, null_lane)
     if null_share >= p.share:
         found["no-values"] = f"a lane's values null in {null_share:.0%} of intervals"
+    elif (run := _trailing_run(samples, null_lane)) >= p.run_intervals:
+        found["no-values"] = f"a lane's values null in the last {run} intervals"
 
     def locked(s: StationSample) -> bool:
         return any((ln.occupancy or 0) >= p.locked_on_occupancy for ln in s.lanes)
@@ -165,6 +202,11 @@ def diagnose(
         found["chatter"] = (
             f"lane flow above {p.max_lane_vph:.0f} veh/h (more than a lane carries) "
             f"in {sh:.0%} of intervals"
+        )
+    elif (run := _trailing_run(samples, chatter)) >= p.run_intervals:
+        found["chatter"] = (
+            f"lane flow above {p.max_lane_vph:.0f} veh/h (more than a lane carries) "
+            f"in the last {run} intervals"
         )
 
     def zero_occ(s: StationSample) -> bool:
@@ -214,14 +256,27 @@ def diagnose(
     def zeros(s: StationSample) -> bool:
         return all((ln.count == 0 and (ln.occupancy or 0) == 0) for ln in s.lanes)
 
-    if (
-        network_lane_vph is not None
-        and network_lane_vph >= p.no_flow_network_vph
-        and all(zeros(s) for s in samples)
-    ):
-        found["no-flow"] = (
-            f"no vehicles all window while the network carries {network_lane_vph:.0f} veh/h/lane"
-        )
+    zero_run = _trailing_run(samples, zeros)
+    if zero_run >= p.zero_min_intervals:
+        last = samples[-1]
+        run_h = zero_run * last.period_s / 3600.0
+        lanes = len(last.lanes)
+        if neighbour_lane_vph is not None:
+            expected = neighbour_lane_vph * lanes * run_h
+            if expected >= p.zero_expected_vehicles:
+                found["no-flow"] = (
+                    f"no vehicles for {zero_run} intervals while its neighbours carry "
+                    f"{neighbour_lane_vph:.0f} veh/h/lane (~{expected:.0f} vehicles expected)"
+                )
+        elif (
+            network_lane_vph is not None
+            and network_lane_vph >= p.no_flow_network_vph
+            and zero_run == len(samples)
+        ):
+            found["no-flow"] = (
+                f"no vehicles all window while the network carries "
+                f"{network_lane_vph:.0f} veh/h/lane"
+            )
 
     if expected_intervals:
         pct = 100.0 * min(len(samples), expected_intervals) / expected_intervals
@@ -235,6 +290,7 @@ def diagnose(
 
 
 Action = Literal["raise", "repeat", "clear", "none"]
+CLEAR_K = 10  # clean one-minute evaluations in a row before the alert clears
 
 
 @dataclass(frozen=True)
@@ -259,9 +315,11 @@ class DetectorState:
 
 
 def detector_step(
-    state: DetectorState, diagnoses: Sequence[Diagnosis], *, clear_k: int = 2
+    state: DetectorState, diagnoses: Sequence[Diagnosis], *, clear_k: int = CLEAR_K
 ) -> tuple[DetectorState, Action]:
-    """Advance one station's detector-fault rule by one evaluation (one 5-min bucket)."""
+    """Advance one station's detector-fault rule by one evaluation (one minute of data): raise
+    on a diagnosis, clear after ``clear_k`` clean evaluations in a row (10 min: a fault that
+    comes and goes is one alert, not a flapping series)."""
     if diagnoses:
         kind = diagnoses[0].kind
         return DetectorState(True, kind, 0), ("repeat" if state.active else "raise")
@@ -284,3 +342,38 @@ def pct_good(faulty: int, reporting: int) -> float | None:
     if reporting <= 0:
         return None
     return round(100.0 * (reporting - faulty) / reporting, 1)
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def station_neighbours(network: Network) -> dict[str, tuple[str, ...]]:
+    """Each station's neighbours in the direction of travel: the stations just upstream and
+    just downstream on its corridor direction (by segment ``seq``, then position). The
+    ``no-flow`` diagnosis compares a station reading zero with them."""
+    out: dict[str, tuple[str, ...]] = {}
+    for corridor_id, direction in sorted({(s.corridor_id, s.direction) for s in network.segments}):
+        ids = [st.station_id for st in network.ordered_stations(corridor_id, direction)]
+        for i, sid in enumerate(ids):
+            out[sid] = tuple(ids[j] for j in (i - 1, i + 1) if 0 <= j < len(ids))
+    return out
+
+
+def mean_lane_vph(samples: Iterable[StationSample]) -> float | None:
+    """Mean lane flow (veh/h) over the intervals given; None when no lane counted."""
+    flows = [
+        ln.count * 3600.0 / s.period_s for s in samples for ln in s.lanes if ln.count is not None
+    ]
+    return statistics.fmean(flows) if flows else None
+
+
+def neighbour_flow(
+    neighbours: Sequence[str],
+    recent_vph: Mapping[str, float | None],
+    exclude: Set[str],
+) -> float | None:
+    """The lower lane flow of a station's neighbours with data (faulty ones left out): the
+    reference ``no-flow`` needs. The lower one, so that a closure, which empties the road
+    downstream while the queue upstream barely moves, is never read as a dead loop."""
+    flows = [v for n in neighbours if n not in exclude and (v := recent_vph.get(n)) is not None]
+    return min(flows) if flows else None
