@@ -6,9 +6,10 @@ Why it is built this way:
   so "the last 5 minutes" are the last 5 minutes of data (:func:`its.service.traffic.data_clock`).
   A minute is evaluated once it is complete: when the data clock has passed its end plus a
   grace period for late readings.
-- **Minutes for speed, 5-min buckets for the rest.** Congestion (on a smoothed rolling window)
-  and incidents run each minute so a jam or a blocked lane is raised within about 3 minutes;
-  detector health and bottlenecks (PeMS works on 5-min intervals) run as each 5-min bucket ends.
+- **Minutes for speed, 5-min buckets for bottlenecks.** Congestion (on a smoothed rolling
+  window), incidents and detector health (on its 15-min window) run each minute so a jam, a
+  blocked lane or a dead loop is named within minutes; bottlenecks (PeMS works on 5-min
+  intervals) run as each 5-min bucket ends.
 - **Exactly once, across restarts.** Each step evaluates every complete minute since the last one,
   in order, and writes the rules' state, the evaluator's progress and the alert changes in one
   transaction: a crash replays nothing twice and skips nothing. A fresh database starts at most
@@ -100,7 +101,7 @@ from its.telemetry import AlertMetrics
 log = logging.getLogger("its.alerts")
 
 BUCKET_S = 300
-TICK_S = 60  # congestion and incidents run on each minute of data; health, bottlenecks on 5 min
+TICK_S = 60  # congestion, incidents and health run on each minute of data; bottlenecks on 5 min
 # pg_try_advisory_lock key: "ITSALRT" as an integer. Advisory locks are per database, so test
 # databases and separate deployments on one server never contend.
 LOCK_KEY = int.from_bytes(b"ITSALRT", "big")
