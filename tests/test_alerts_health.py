@@ -184,3 +184,14 @@ def test_neighbours_follow_the_direction_of_travel_and_skip_faulty_ones() -> Non
     assert neighbour_flow(nb[second], {}, set()) is None
     assert mean_lane_vph([healthy(0)]) == pytest.approx(3600 * 30 / 30 / 3)
     assert mean_lane_vph([StationSample(30, (LaneSample(None, None, None),))]) is None
+
+
+def test_a_queue_over_every_lane_is_a_jam_but_one_lane_on_is_locked_on() -> None:
+    jam = window(lambda i: StationSample(30, (LaneSample(i % 2, 0.95, 3.0),) * 3))
+    # the station upstream is in the queue too: a jam, not a fault
+    assert "locked-on" not in kinds(jam, neighbour_occupancy=0.6)
+    # both neighbours flow freely: every loop "on" for 12 of 15 minutes is the station
+    assert "locked-on" in kinds(jam, neighbour_occupancy=0.1)
+    assert "locked-on" not in kinds(jam)  # no neighbour to tell: the benefit of the doubt
+    one_on = window(lambda i: StationSample(30, (LaneSample(0, 0.97, None), *healthy(i).lanes[1:])))
+    assert "locked-on" in kinds(one_on, neighbour_occupancy=0.6)

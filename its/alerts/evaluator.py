@@ -62,7 +62,9 @@ from its.alerts.health import (
     detector_step,
     diagnose,
     mean_lane_vph,
+    mean_occupancy,
     neighbour_flow,
+    neighbour_occupancy,
     pct_good,
     station_neighbours,
 )
@@ -823,6 +825,7 @@ class Evaluator:
             sid: mean_lane_vph(smp for ts, smp in rows if zero_from <= ts < bucket_end)
             for sid, rows in samples.items()
         }
+        window_occ = {sid: mean_occupancy(win) for sid, win in windows.items()}
         faulty_before = {sid for sid, h in health.items() if h.active}
         lane_flows = [
             statistics.fmean(
@@ -857,6 +860,9 @@ class Evaluator:
                 network_lane_vph=network_vph,
                 neighbour_lane_vph=neighbour_flow(
                     self._neighbours.get(sid, ()), recent_vph, faulty_before
+                ),
+                neighbour_occupancy=neighbour_occupancy(
+                    self._neighbours.get(sid, ()), window_occ, faulty_before
                 ),
                 params=self.health,
             )

@@ -10,8 +10,9 @@ station's recent intervals (a window of data time, 15 minutes by default) and na
 - ``no-values``    most intervals arrive with a lane's values null (a failed loop);
 - ``zero-flow-with-occupancy`` no vehicles counted while the loop is occupied;
 - ``chatter``      lane flow above what a lane can carry (a loop counting noise);
-- ``locked-on``    occupancy near 1 in 80% of the window (a loop stuck "on"; a standing queue
-                   covers a loop too, but moves on within minutes);
+- ``locked-on``    occupancy near 1 in 80% of the window (a loop stuck "on"), on one lane while
+                   another is clear, or on every lane while the neighbours flow (a standing
+                   queue covers every lane and spills back upstream: a jam, not a fault);
 - ``mismatch``     flow and occupancy disagree (many vehicles but an empty loop: an implied
                    speed far beyond any car's);
 - ``implausible-speed`` measured speeds no road vehicle drives, or crawling speeds at full flow;
@@ -83,6 +84,8 @@ class HealthParams:
     max_lane_vph: float = 3000.0  # above lane capacity (~2,200) with margin: chatter
     locked_on_occupancy: float = 0.9
     locked_on_share: float = 0.8  # a standing queue also covers a loop, but not for 12 of 15 min
+    locked_on_other_occ: float = 0.5  # ... and every lane: one lane on, another below this
+    locked_on_neighbour_occ: float = 0.3  # a station-wide "on" with the neighbours below this
     zero_flow_occupancy: float = 0.1
     mismatch_min_vph: float = 600.0
     mismatch_max_implied_kph: float = 250.0
@@ -150,6 +153,7 @@ def diagnose(
     expected_intervals: int | None = None,
     network_lane_vph: float | None = None,
     neighbour_lane_vph: float | None = None,
+    neighbour_occupancy: float | None = None,
     params: HealthParams = HealthParams(),  # noqa: B008 - frozen, so a safe default
 ) -> list[Diagnosis]:
     """Every diagnosis that holds for one station's window, worst first; [] when healthy.
@@ -159,7 +163,8 @@ def diagnose(
     flow over the same window; ``neighbour_lane_vph`` the lane flow of the station's neighbours
     in the direction of travel (the lower of upstream and downstream), which ``no-flow`` prefers:
     a loop reading zero while the stations either side carry traffic is dead, at night too,
-    while zeros on a quiet road are normal. No samples at all is "no data" (the offline rule's
+    while zeros on a quiet road are normal; ``neighbour_occupancy`` the higher of the
+    neighbours' mean occupancy (``locked-on``: every lane covered with a queue around is a jam). No samples at all is "no data" (the offline rule's
     business), not a detector fault.
     """
     if not samples:
@@ -189,8 +194,16 @@ def diagnose(
     elif (run := _trailing_run(samples, null_lane)) >= p.run_intervals:
         found["no-values"] = f"a lane's values null in the last {run} intervals"
 
+    # A queue covers every lane of the carriageway and spills back to the station upstream; a
+    # loop stuck "on" is one loop. So: one lane near 1 while another is clear, or every lane
+    # near 1 while the neighbours either side flow (their occupancy low).
+    queue_around = neighbour_occupancy is None or neighbour_occupancy >= p.locked_on_neighbour_occ
+
     def locked(s: StationSample) -> bool:
-        return any((ln.occupancy or 0) >= p.locked_on_occupancy for ln in s.lanes)
+        occ = [ln.occupancy for ln in s.lanes if ln.occupancy is not None]
+        if not occ or max(occ) < p.locked_on_occupancy:
+            return False
+        return min(occ) < p.locked_on_other_occ or not queue_around
 
     if (sh := _share(samples, locked)) >= p.locked_on_share:
         found["locked-on"] = f"occupancy >= {p.locked_on_occupancy:.0%} in {sh:.0%} of intervals"
@@ -365,6 +378,23 @@ def mean_lane_vph(samples: Iterable[StationSample]) -> float | None:
         ln.count * 3600.0 / s.period_s for s in samples for ln in s.lanes if ln.count is not None
     ]
     return statistics.fmean(flows) if flows else None
+
+
+def neighbour_occupancy(
+    neighbours: Sequence[str],
+    recent_occ: Mapping[str, float | None],
+    exclude: Set[str],
+) -> float | None:
+    """The higher mean occupancy of a station's neighbours with data (faulty ones left out):
+    a queue at either side makes a covered loop plausible."""
+    occs = [o for n in neighbours if n not in exclude and (o := recent_occ.get(n)) is not None]
+    return max(occs) if occs else None
+
+
+def mean_occupancy(samples: Iterable[StationSample]) -> float | None:
+    """Mean lane occupancy over the intervals given; None when no lane reported one."""
+    occ = [ln.occupancy for s in samples for ln in s.lanes if ln.occupancy is not None]
+    return statistics.fmean(occ) if occ else None
 
 
 def neighbour_flow(
