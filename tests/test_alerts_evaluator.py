@@ -537,3 +537,49 @@ def test_a_simulated_stuck_detector_raises_detector_fault_and_suppresses_congest
     with engine.connect() as conn:
         summary = rule_state.load(conn, "_detector-health")["network"]
     assert summary["faulty"] == 1 and summary["pct_good"] < 100
+
+
+NIGHT = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)  # 03:00 in Jakarta: a quiet road
+
+
+def simulate(engine: Engine, network: Network, scenario: object, start: datetime) -> None:
+    """40 minutes of the simulator's sample network from ``start``, written as ingest does."""
+    from sim.model import TrafficModel
+
+    model = TrafficModel(network, seed=7, scenario=scenario)  # type: ignore[arg-type]
+    rows = []
+    now = datetime.now(UTC)
+    for i in range(40 * 2):
+        for obs in model.observations(start + timedelta(seconds=30 * i)):
+            rows.extend(reading_rows(obs, received_at=now))
+    with engine.begin() as conn:
+        insert_readings(conn, rows)
+
+
+def test_a_dead_loop_reading_zero_at_night_is_diagnosed_within_minutes(
+    engine: Engine, network: Network
+) -> None:
+    """At 03:00 local the road is quiet, but the stations either side still count ~100 veh/h a
+    lane: a loop reading zero among them is dead. Health runs every minute, so the alert comes
+    at the minute the zero run is long enough, not at the next 5-minute bucket's end."""
+    from sim.scenario import Scenario, SensorFault
+
+    station = "JKT-SDR-N-002"
+    onset = NIGHT + timedelta(minutes=20, seconds=30)
+    simulate(engine, network, Scenario(faults=(SensorFault(station, "zero", onset),)), NIGHT)
+    result = evaluator(engine, network).step()
+    faults = [c.alert for c in result.events("raised") if c.alert.rule == "detector-fault"]
+    assert [(a.target_id, a.details["diagnosis"]) for a in faults] == [(station, "no-flow")]
+    # ten zero intervals (5 min) end at onset + 5 min; the alert is stamped at the end of the
+    # minute that decided
+    assert onset + FIVE_MIN <= faults[0].raised_at <= onset + timedelta(minutes=6)
+    assert "neighbours carry" in faults[0].details["evidence"]
+
+
+def test_a_quiet_healthy_night_diagnoses_no_detector(engine: Engine, network: Network) -> None:
+    from sim.scenario import Scenario
+
+    simulate(engine, network, Scenario(), NIGHT)
+    result = evaluator(engine, network).step()
+    assert result.ticks > 0  # the minutes were evaluated
+    assert [c.alert.target_id for c in result.events("raised")] == []

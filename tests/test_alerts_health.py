@@ -7,15 +7,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from its.alerts.health import (
+    CLEAR_K,
     DetectorState,
     Diagnosis,
     LaneSample,
     StationSample,
     detector_step,
     diagnose,
+    mean_lane_vph,
+    neighbour_flow,
     pct_good,
+    station_neighbours,
 )
 from its.alerts.rules import StationView, feed_stalled, offline_reason
+from its.network import load_network
 
 T = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 
@@ -83,14 +88,20 @@ def test_controller_flags_and_gaps() -> None:
     assert diagnose([]) == []  # no data is the offline rule's business
 
 
-def test_detector_fault_raises_repeats_and_clears_after_two_clean_windows() -> None:
+def test_detector_fault_raises_repeats_and_clears_after_clear_k_clean_minutes() -> None:
     d = [Diagnosis("stuck", "x")]
     s, action = detector_step(DetectorState(), d)
     assert action == "raise" and s.kind == "stuck"
     s, action = detector_step(s, d)
     assert action == "repeat"
-    s, action = detector_step(s, [])
-    assert action == "none" and s.active
+    for _ in range(CLEAR_K - 1):
+        # the state survives a restart (rule_state) between any two evaluations
+        s, action = detector_step(DetectorState.from_json(s.to_json()), [])
+        assert action == "none" and s.active
+    s, action = detector_step(s, d)  # a fault that comes back restarts the count
+    assert action == "repeat" and s.clean == 0
+    for _ in range(CLEAR_K - 1):
+        s, action = detector_step(s, [])
     s, action = detector_step(DetectorState.from_json(s.to_json()), [])
     assert action == "clear" and not s.active
     assert DetectorState.from_json({"clean": "garbage"}) == DetectorState()
@@ -115,3 +126,72 @@ def test_feed_stalled_after_the_setting_and_never_on_an_empty_database() -> None
     assert feed_stalled(T, wall, 120) is True
     assert feed_stalled(T, wall - timedelta(seconds=1), 120) is False
     assert feed_stalled(None, wall, 120) is False
+
+
+ZERO = StationSample(30, (LaneSample(0, 0.0, None),) * 3)
+
+
+def test_zeros_at_night_are_a_fault_when_the_neighbours_carry_traffic() -> None:
+    # 3 lanes x 10 intervals of 30 s: 240 veh/h/lane either side means ~60 vehicles missing
+    night = [healthy(i) for i in range(5)] + [ZERO] * 10
+    assert kinds(night, network_lane_vph=40, neighbour_lane_vph=240)[0] == "no-flow"
+    # a quiet road: 20 veh/h/lane either side is 5 vehicles in 5 min; zeros are normal
+    assert kinds(night, network_lane_vph=40, neighbour_lane_vph=20) == []
+    # ... until the run is long enough that 20 vehicles should have crossed (20 min)
+    long_night = [ZERO] * 40
+    assert kinds(long_night, neighbour_lane_vph=20) == ["no-flow"]
+    assert kinds(long_night[:39], neighbour_lane_vph=20) == []
+    # nine intervals are never enough, however busy the neighbours
+    assert kinds([ZERO] * 9, neighbour_lane_vph=2000) == []
+    # one vehicle in the newest interval ends the run
+    assert kinds([ZERO] * 20 + [healthy(0)], neighbour_lane_vph=2000) == []
+    # a standing queue (occupancy, no count) is not a dead loop
+    queue = StationSample(30, (LaneSample(0, 0.95, None),) * 3)
+    assert "no-flow" not in kinds([queue] * 30, neighbour_lane_vph=2000)
+
+
+def test_faults_no_traffic_makes_are_named_after_a_five_minute_run() -> None:
+    def chatter(i: int) -> StationSample:
+        return StationSample(30, (LaneSample(60, 0.1, 80.0),) * 3)  # 7,200 veh/h/lane
+
+    def failed(i: int) -> StationSample:
+        return StationSample(30, (LaneSample(None, None, None),) * 3, "fault")
+
+    for bad, kind in ((chatter, "chatter"), (failed, "reported-fault"), (failed, "no-values")):
+        onset = window(healthy, 20) + window(bad, 10)  # a third of the window, the newest 5 min
+        assert kind in kinds(onset)
+        assert kind not in kinds(window(healthy, 21) + window(bad, 9))
+        # ten odd intervals that are over are not a fault (the window's share rule decides)
+        assert kind not in kinds(window(healthy, 10) + window(bad, 10) + window(healthy, 10))
+
+
+def test_neighbours_follow_the_direction_of_travel_and_skip_faulty_ones() -> None:
+    net = load_network()
+    nb = station_neighbours(net)
+    assert set(nb) == {st.station_id for st in net.stations}
+    seg_of = {st.station_id: st.segment_id for st in net.stations}
+    corridor = {s.segment_id: (s.corridor_id, s.direction) for s in net.segments}
+    for sid, around in nb.items():
+        assert 1 <= len(around) <= 2 and sid not in around
+        assert all(corridor[seg_of[n]] == corridor[seg_of[sid]] for n in around)
+    first, second, third = (
+        st.station_id for st in net.ordered_stations(*corridor[seg_of[next(iter(nb))]])[:3]
+    )
+    assert nb[first] == (second,) and nb[second] == (first, third)
+    flows = {first: 900.0, third: 300.0}
+    assert neighbour_flow(nb[second], flows, set()) == 300.0  # the lower one
+    assert neighbour_flow(nb[second], flows, {third}) == 900.0  # a faulty one is no reference
+    assert neighbour_flow(nb[second], {}, set()) is None
+    assert mean_lane_vph([healthy(0)]) == pytest.approx(3600 * 30 / 30 / 3)
+    assert mean_lane_vph([StationSample(30, (LaneSample(None, None, None),))]) is None
+
+
+def test_a_queue_over_every_lane_is_a_jam_but_one_lane_on_is_locked_on() -> None:
+    jam = window(lambda i: StationSample(30, (LaneSample(i % 2, 0.95, 3.0),) * 3))
+    # the station upstream is in the queue too: a jam, not a fault
+    assert "locked-on" not in kinds(jam, neighbour_occupancy=0.6)
+    # both neighbours flow freely: every loop "on" for 12 of 15 minutes is the station
+    assert "locked-on" in kinds(jam, neighbour_occupancy=0.1)
+    assert "locked-on" not in kinds(jam)  # no neighbour to tell: the benefit of the doubt
+    one_on = window(lambda i: StationSample(30, (LaneSample(0, 0.97, None), *healthy(i).lanes[1:])))
+    assert "locked-on" in kinds(one_on, neighbour_occupancy=0.6)

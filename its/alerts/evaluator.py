@@ -6,9 +6,10 @@ Why it is built this way:
   so "the last 5 minutes" are the last 5 minutes of data (:func:`its.service.traffic.data_clock`).
   A minute is evaluated once it is complete: when the data clock has passed its end plus a
   grace period for late readings.
-- **Minutes for speed, 5-min buckets for the rest.** Congestion (on a smoothed rolling window)
-  and incidents run each minute so a jam or a blocked lane is raised within about 3 minutes;
-  detector health and bottlenecks (PeMS works on 5-min intervals) run as each 5-min bucket ends.
+- **Minutes for speed, 5-min buckets for bottlenecks.** Congestion (on a smoothed rolling
+  window), incidents and detector health (on its 15-min window) run each minute so a jam, a
+  blocked lane or a dead loop is named within minutes; bottlenecks (PeMS works on 5-min
+  intervals) run as each 5-min bucket ends.
 - **Exactly once, across restarts.** Each step evaluates every complete minute since the last one,
   in order, and writes the rules' state, the evaluator's progress and the alert changes in one
   transaction: a crash replays nothing twice and skips nothing. A fresh database starts at most
@@ -60,7 +61,12 @@ from its.alerts.health import (
     detector_message,
     detector_step,
     diagnose,
+    mean_lane_vph,
+    mean_occupancy,
+    neighbour_flow,
+    neighbour_occupancy,
     pct_good,
+    station_neighbours,
 )
 from its.alerts.incident_runner import IncidentRunner
 from its.alerts.rules import (
@@ -97,7 +103,7 @@ from its.telemetry import AlertMetrics
 log = logging.getLogger("its.alerts")
 
 BUCKET_S = 300
-TICK_S = 60  # congestion and incidents run on each minute of data; health, bottlenecks on 5 min
+TICK_S = 60  # congestion, incidents and health run on each minute of data; bottlenecks on 5 min
 # pg_try_advisory_lock key: "ITSALRT" as an integer. Advisory locks are per database, so test
 # databases and separate deployments on one server never contend.
 LOCK_KEY = int.from_bytes(b"ITSALRT", "big")
@@ -190,6 +196,7 @@ class Evaluator:
         for st in network.stations:
             self._stations_by_segment[st.segment_id].append(st.station_id)
         self._segment_of = {st.station_id: st.segment_id for st in network.stations}
+        self._neighbours = station_neighbours(network)
         self.incidents = IncidentRunner(network, self.cfg.incidents())
         self.bottlenecks = BottleneckRunner(network, self.cfg.bottleneck())
         self._gateways = network.gateways()
@@ -572,11 +579,11 @@ class Evaluator:
             )
         }
         st_buckets: dict[tuple[str, datetime], Any] = {}
-        samples: dict[str, list[tuple[datetime, StationSample]]] = {}
+        # detector health runs every minute, on the window that ends with it
+        samples = self._station_samples(conn, start - timedelta(seconds=self.health.window_s), end)
         if floor_bucket(end) > start:  # a 5-minute bucket ends in (start, end]
             lo = floor_bucket(start)
             hi = floor_bucket(end)
-            samples = self._station_samples(conn, lo - timedelta(seconds=self.health.window_s), hi)
             st_buckets = {
                 (i.target_id, i.bucket_start): i
                 for i in aggregate(conn, self.network, "station", lo, hi, BUCKET_S)
@@ -613,8 +620,7 @@ class Evaluator:
                 sid for sid, (_r, seen) in offline.items() if seen is None or seen < tick_end
             }
             suppressed = fully_offline_segments(self._stations_by_segment, offline_then)
-            if at_bucket:
-                summary = self._evaluate_health(conn, tick_end, samples, health, result)
+            summary = self._evaluate_health(conn, tick_end, samples, health, at_bucket, result)
             # A station diagnosed faulty suppresses the traffic alerts its data would cause:
             # its segment's minutes count as no data (neither raise nor clear) while it lasts.
             faulty = {sid for sid, h in health.items() if h.active}
@@ -799,15 +805,28 @@ class Evaluator:
         bucket_end: datetime,
         samples: dict[str, list[tuple[datetime, StationSample]]],
         health: dict[str, DetectorState],
+        at_bucket: bool,
         result: StepResult,
     ) -> dict[str, Any]:
-        """Diagnose every reporting station over the window ending at ``bucket_end``; raise,
-        repeat or clear its detector-fault alert. Returns the network's % good detectors."""
+        """Diagnose every reporting station over the window ending at ``bucket_end`` (the end
+        of a minute); raise or clear its detector-fault alert, and repeat it at the end of each
+        5-minute bucket (not every minute, to keep the history short). Returns the network's %
+        good detectors."""
         window_start = bucket_end - timedelta(seconds=self.health.window_s)
         windows = {
             sid: [smp for ts, smp in rows if window_start <= ts < bucket_end]
             for sid, rows in samples.items()
         }
+        # the neighbours' flow over the span a zero run needs (``no-flow``)
+        zero_from = bucket_end - timedelta(
+            seconds=self.health.zero_min_intervals * self.cfg.default_period_s
+        )
+        recent_vph = {
+            sid: mean_lane_vph(smp for ts, smp in rows if zero_from <= ts < bucket_end)
+            for sid, rows in samples.items()
+        }
+        window_occ = {sid: mean_occupancy(win) for sid, win in windows.items()}
+        faulty_before = {sid for sid, h in health.items() if h.active}
         lane_flows = [
             statistics.fmean(
                 ln.count * 3600.0 / smp.period_s
@@ -836,13 +855,22 @@ class Evaluator:
                 int(span_s // win[-1].period_s) if span_s >= self.health.window_s / 2 else None
             )
             found: list[Diagnosis] = diagnose(
-                win, expected_intervals=expected, network_lane_vph=network_vph, params=self.health
+                win,
+                expected_intervals=expected,
+                network_lane_vph=network_vph,
+                neighbour_lane_vph=neighbour_flow(
+                    self._neighbours.get(sid, ()), recent_vph, faulty_before
+                ),
+                neighbour_occupancy=neighbour_occupancy(
+                    self._neighbours.get(sid, ()), window_occ, faulty_before
+                ),
+                params=self.health,
             )
             new, action = detector_step(health[sid], found)
             health[sid] = new
             if new.active:
                 faulty += 1
-            if action in ("raise", "repeat"):
+            if action == "raise" or (action == "repeat" and at_bucket):
                 details = {
                     "diagnosis": found[0].kind,
                     "evidence": found[0].evidence,
