@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -24,7 +25,8 @@ from fastapi import Path
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
 from sqlalchemy.engine import Connection
 
-from its.errors import QueryError
+from its.errors import NotFoundError, QueryError
+from its.network import Network
 from its.service.traffic import data_clock
 
 MAX_POINTS = 100_000  # a month of daily figures for 2,000 stations is 60,000
@@ -163,3 +165,15 @@ class ExportLevel(StrEnum):
     segment = "segment"
     corridor = "corridor"
     readings = "readings"
+
+
+def check_known_ids(network: Network, level: str, ids: Collection[str] | None) -> None:
+    """The 404 naming every id the network lacks at ``level`` (station, segment or corridor):
+    the one check behind every route's ``id=``, against the network's ids computed once per
+    process (:attr:`its.network.Network.station_groups`)."""
+    if not ids:
+        return
+    known = network.station_groups[level]
+    unknown = sorted({i for i in ids if i not in known})
+    if unknown:
+        raise NotFoundError(f"unknown {level} id(s): {', '.join(unknown)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Annotated
 
 import orjson
@@ -17,21 +16,15 @@ from its.api.params import (
     Identifier,
     Level,
     Timestamp,
+    check_known_ids,
     check_points,
     time_window,
 )
 from its.api.schemas import Aggregates, ErrorOut
 from its.contract import iso
-from its.errors import NotFoundError
-from its.network import Network
 from its.service import traffic
 
 router = APIRouter(prefix="/aggregates", tags=["aggregates"])
-
-
-def _targets(network: Network, level: Level) -> Collection[str]:
-    """The level's ids (the network's, computed once per process)."""
-    return network.station_groups[level.value].keys()
 
 
 @router.get(
@@ -60,13 +53,10 @@ def get_aggregates(
     flow the mean station flow in veh/h, normalised for missing intervals; ``pct_observed`` the
     share of expected lane intervals that arrived. Hourly and daily buckets follow the network's
     local time (Asia/Jakarta for the sample network)."""
-    known = _targets(network, level)
-    if ids:
-        unknown = sorted(i for i in set(ids) if i not in known)
-        if unknown:
-            raise NotFoundError(f"unknown {level.value} id(s): {', '.join(unknown)}")
+    check_known_ids(network, level.value, ids)
     start, end = time_window(conn, start, end)
-    check_points(start, end, bucket.seconds, len(ids) if ids else len(known))
+    targets = len(ids) if ids else len(network.station_groups[level.value])
+    check_points(start, end, bucket.seconds, targets)
     rows = traffic.aggregate_rows(
         conn, network, level.value, start, end, bucket.seconds, target_ids=ids
     )

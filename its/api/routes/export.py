@@ -29,10 +29,11 @@ from its.api.params import (
     ExportLevel,
     Identifier,
     Timestamp,
+    check_known_ids,
     time_window,
 )
 from its.api.schemas import ErrorOut
-from its.errors import NotFoundError, QueryError
+from its.errors import QueryError
 from its.formats import MEDIA_TYPES, Format
 from its.network import Network
 from its.service.export import ExportRequest, export_bytes
@@ -94,15 +95,6 @@ class _Stream:
         return piece
 
 
-def known_ids(network: Network, level: ExportLevel) -> set[str]:
-    """The ids ``id=`` may name at ``level`` (station ids for raw readings)."""
-    if level in (ExportLevel.station, ExportLevel.readings):
-        return {s.station_id for s in network.stations}
-    if level is ExportLevel.segment:
-        return {s.segment_id for s in network.segments}
-    return {c.corridor_id for c in network.corridors}
-
-
 def check_request(
     network: Network,
     level: ExportLevel,
@@ -118,11 +110,8 @@ def check_request(
             "bucket does not apply to level=readings (raw readings are exported as stored): "
             "leave it out, or ask for level=station, segment or corridor"
         )
-    if ids:
-        unknown = sorted(set(ids) - known_ids(network, level))
-        if unknown:
-            what = "station" if level is ExportLevel.readings else level.value
-            raise NotFoundError(f"unknown {what} id(s): {', '.join(unknown)}")
+    # raw readings are named by their stations
+    check_known_ids(network, "station" if level is ExportLevel.readings else level.value, ids)
     return ExportRequest(
         level=level.value,
         start=start,

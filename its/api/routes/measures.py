@@ -22,6 +22,7 @@ from its.api.params import (
     Bucket,
     Identifier,
     Timestamp,
+    check_known_ids,
     check_points,
     time_window,
 )
@@ -69,18 +70,6 @@ Ids = Annotated[
 ]
 
 
-def _check_ids(network: Network, level: MeasureLevel, ids: list[str] | None) -> None:
-    if not ids:
-        return
-    if level is MeasureLevel.segment:
-        known = {s.segment_id for s in network.segments}
-    else:
-        known = {c.corridor_id for c in network.corridors}
-    unknown = sorted(set(ids) - known)
-    if unknown:
-        raise NotFoundError(f"unknown {level.value} id(s): {', '.join(unknown)}")
-
-
 def _check_direction(network: Network, direction: str | None) -> None:
     if direction is not None and direction not in {s.direction for s in network.segments}:
         raise NotFoundError(f"no segment has direction {direction!r}")
@@ -124,7 +113,7 @@ def get_measures(
     time 60 L / v [min], TTI = v_free / v; h is the bucket's hours inside the window. Per
     corridor direction: sums over its segments, travel time the sum of their L / v with
     segments without a speed at free flow (`segments_observed` says how many were measured)."""
-    _check_ids(network, level, ids)
+    check_known_ids(network, level.value, ids)
     _check_direction(network, direction)
     if level is MeasureLevel.segment and direction is not None:
         raise QueryError("direction applies to level=corridor only")
@@ -185,7 +174,7 @@ def get_reliability(
     network's zone): mean and 95th-percentile travel time of the day's 5-minute corridor travel
     times, TTI of the mean, Buffer Index = (TT95 - TTmean) / TTmean and Planning Time Index =
     TT95 / TTfree. At most 31 days, and 6,000 segment-days, per request."""
-    _check_ids(network, MeasureLevel.corridor, ids)
+    check_known_ids(network, MeasureLevel.corridor.value, ids)
     _check_direction(network, direction)
     start, end = time_window(conn, start, end)
     day_start, day_end = measures.local_days(network, start, end)
