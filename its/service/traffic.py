@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import func, literal, select, type_coerce, union_all
+from sqlalchemy import func, select, type_coerce, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType
 
@@ -343,7 +343,7 @@ def station_sums_query(
     conn: Connection,
     start: datetime,
     end: datetime,
-    bucket_s: int | None,
+    bucket_s: int,
     *,
     tz: str | None = None,
     station_ids: Collection[str] | None = None,
@@ -354,14 +354,10 @@ def station_sums_query(
     With ``source="rollup"`` the window is split into whole buckets of the stored levels and the
     rest; everything from the oldest dirty bucket on (what the worker has not rolled up yet, a
     few seconds' worth when it keeps up) is read from the raw rows, so an answer is exactly what
-    the raw rows give, however far behind the worker is. ``bucket_s=None`` makes the window one
-    bucket (the live view), read raw.
+    the raw rows give, however far behind the worker is.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
-    if bucket_s is None:
-        whole = literal(start, schema.readings.c.interval_start.type)
-        return _raw_piece(start, end, lambda _ts: whole, station_ids)
     width = timedelta(seconds=bucket_s)
 
     def raw_bucket(ts: Any) -> Any:
@@ -611,13 +607,3 @@ def segment_buckets(
         )
         for i in aggregate(conn, network, "segment", start, end, bucket_s, target_ids=segment_ids)
     ]
-
-
-def window(
-    conn: Connection, network: Network, level: str, start: datetime, end: datetime
-) -> dict[str, Interval]:
-    """Each target's traffic over the whole window [start, end), as one bucket (the live view:
-    a few minutes of raw rows, read through the time index)."""
-    sums = station_sums_query(conn, start, end, None)
-    width = (end - start).total_seconds()
-    return {row[0]: Interval(*row) for row in _roll_up(conn, sums, network, level, width)}
